@@ -1,0 +1,1 @@
+"""Data sets (where images come from) and the pipelines that feed them to the model."""

@@ -1,0 +1,78 @@
+"""The PIL pipeline of the original study: torchvision transforms in DataLoader workers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from hpcbench.config import RunConfig, per_device_batch
+from hpcbench.data.sources import ImageSource, balanced_first_n, open_source
+from hpcbench.data.transforms import eval_transform, train_transform
+
+
+class TransformedSubset(Dataset):
+    """`source[indices[i]]` with `transform` applied to the image."""
+
+    def __init__(self, source: ImageSource, indices: Sequence[int], transform: Callable):
+        self.source, self.indices, self.transform = source, list(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = self.indices[i]
+        return self.transform(self.source.load(index)), self.source.labels[index]
+
+
+class ShardSampler(Sampler[int]):
+    """Every `world_size`-th index from `rank`: disjoint shards that together cover the data set
+    exactly once. Unlike DistributedSampler it adds no padding duplicates, so the all-reduced
+    test metrics are the exact global ones."""
+
+    def __init__(self, size: int, rank: int, world_size: int):
+        self.indices = list(range(rank, size, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class DataPipeline:
+    train_loader: DataLoader
+    test_loader: DataLoader
+    train_sampler: DistributedSampler
+    classes: List[str]
+    num_train: int  # images in the (limited) training set, all ranks together
+    num_test: int
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        """Per-epoch shuffling and augmentation seeds are functions of (seed, epoch) alone, so an
+        epoch trains identically whether or not the run was interrupted before it."""
+        self.train_sampler.set_epoch(epoch)
+        self.train_loader.generator.manual_seed(seed * 100_003 + epoch)
+
+
+def build_pil_pipeline(run: RunConfig, rank: int, world_size: int) -> DataPipeline:
+    data = run.data
+    train_source = open_source(data, "train", run.train.seed)
+    test_source = open_source(data, "test", run.train.seed)
+    train_set = TransformedSubset(
+        train_source, balanced_first_n(train_source.labels, data.limit_train), train_transform(data.image_size, data.augment)
+    )
+    test_set = TransformedSubset(
+        test_source, balanced_first_n(test_source.labels, data.limit_test), eval_transform(data.image_size)
+    )
+    batch = per_device_batch(run)
+    # One sampler for serial and DDP runs: a seeded permutation per epoch, split over the ranks.
+    train_sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=run.train.seed)
+    workers = dict(num_workers=data.num_workers, persistent_workers=False, pin_memory=run.mode.device == "cuda")
+    train_loader = DataLoader(
+        train_set, batch_size=batch, sampler=train_sampler, generator=torch.Generator(), **workers
+    )
+    test_loader = DataLoader(test_set, batch_size=batch, sampler=ShardSampler(len(test_set), rank, world_size), **workers)
+    return DataPipeline(train_loader, test_loader, train_sampler, train_source.classes, len(train_set), len(test_set))

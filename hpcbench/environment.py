@@ -1,0 +1,73 @@
+"""What a run ran on: hardware, software versions, the project's git state and Slurm variables."""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+import torchvision
+
+import hpcbench
+
+PROJECT_ROOT = Path(hpcbench.__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip()
+
+
+def git_state() -> Dict[str, Any]:
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def mpi_library() -> Optional[str]:
+    """The MPI library of an MPI run; None for runs that never started MPI (importing mpi4py
+    would initialise MPI in a serial run just to report it)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi.Get_library_version().splitlines()[0].strip() if mpi else None
+
+
+def collect_environment() -> Dict[str, Any]:
+    cuda = torch.cuda.is_available()
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_cores_machine": os.cpu_count(),
+        "cpu_cores_available": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "mpi": mpi_library(),
+        "hpcbench": hpcbench.__version__,
+        "git": git_state(),
+        "command": sys.argv,
+        "slurm": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SLURM_")},
+    }

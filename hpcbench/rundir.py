@@ -1,0 +1,153 @@
+"""The run directory: the contract between a run, the report and the user.
+
+    .hydra/                 Hydra's composed config, hydra config and overrides
+    resolved_config.yaml    the full config with every interpolation resolved (re-runnable)
+    metrics.jsonl           one EpochMetrics object per line
+    summary.json            RunSummary: status and headline numbers
+    env.json                hardware, software versions, git commit, Slurm variables
+    checkpoints/best.pt     weights with the best test accuracy; last.pt: after the last epoch
+    train.log               the log
+
+Every file is written atomically (temporary file, fsync, rename): a run killed mid-write
+leaves the previous version, never a truncated one.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from hpcbench.config import RunConfig
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+ENV = "env.json"
+RESOLVED_CONFIG = "resolved_config.yaml"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    lr: float
+    epoch_time_s: float  # training + evaluation, wall clock
+    train_time_s: float
+    eval_time_s: float
+    data_time_s: float  # time the training loop waited for the next batch
+    compute_time_s: float  # training time not spent waiting for data
+    samples_per_s: float  # training images per second, all ranks, after the warm-up steps
+    peak_memory_mb: float  # GPU: max allocated; CPU: max resident set of the process
+
+
+@dataclass
+class RunSummary:
+    status: str  # running | completed | failed
+    mode: str
+    device: str
+    world_size: int
+    nodes: int
+    ranks_per_node: int
+    model: str
+    dataset: str
+    image_size: int
+    scaling: str  # weak | strong
+    batch_per_device: int
+    global_batch: int
+    train_images: int
+    test_images: int
+    epochs_planned: int
+    epochs: int = 0  # epochs completed
+    total_time_s: float = 0.0  # wall clock from the first epoch to the end, evaluation included
+    train_time_s: float = 0.0
+    samples_per_s: float = 0.0  # median over epochs
+    best_test_acc: Optional[float] = None
+    best_epoch: Optional[int] = None
+    final_test_acc: Optional[float] = None
+    final_test_loss: Optional[float] = None
+    peak_memory_mb: float = 0.0
+    started_at: str = ""
+    finished_at: Optional[str] = None
+    error: Optional[str] = None
+    classes: List[str] = field(default_factory=list)
+    hostname: str = ""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+class RunDirectory:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def checkpoint_path(self, name: str) -> Path:
+        return self.path / CHECKPOINTS / f"{name}.pt"
+
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_text(self.path / name, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+    def write_config(self, run: RunConfig) -> None:
+        atomic_write_text(self.path / RESOLVED_CONFIG, OmegaConf.to_yaml(OmegaConf.structured(run)))
+
+    def write_summary(self, summary: RunSummary) -> None:
+        self.write_json(SUMMARY, asdict(summary))
+
+    def write_metrics(self, history: List[EpochMetrics]) -> None:
+        """Rewrite the whole file atomically (a few hundred bytes an epoch): a reader never sees
+        half a line, and a resumed run's file holds exactly its epochs."""
+        lines = "".join(json.dumps(asdict(m), sort_keys=True) + "\n" for m in history)
+        atomic_write_text(self.path / METRICS, lines)
+
+    def mark_failed_if_running(self, error: str) -> None:
+        """Record a failure a crashed process could not record itself."""
+        summary = read_summary(self.path)
+        if summary.get("status", "running") == "running":
+            summary.update(status="failed", error=error)
+            self.write_json(SUMMARY, summary)
+
+    def save_checkpoint(self, name: str, state: Dict[str, Any]) -> None:
+        buffer = _serialize(state)
+        atomic_write_bytes(self.checkpoint_path(name), buffer)
+
+
+def _serialize(state: Dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def read_resolved_config(run_dir: Path) -> RunConfig:
+    from hpcbench.config import to_run_config
+
+    return to_run_config(OmegaConf.load(Path(run_dir) / RESOLVED_CONFIG))
+
+
+def read_summary(run_dir: Path) -> Dict[str, Any]:
+    """summary.json as a dict; {} when it does not exist yet."""
+    path = Path(run_dir) / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else {}

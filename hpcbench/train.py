@@ -1,0 +1,80 @@
+"""hpcbench-train: the Hydra application (`python -m hpcbench.train`, `-m` for sweeps).
+
+    hpcbench-train                                    # serial CPU run, synthetic data
+    hpcbench-train mode=ddp mode.ranks=2              # 2 MPI ranks on this machine
+    hpcbench-train -m experiment=quickstart           # the offline demo sweep
+    mpiexec -n 2 hpcbench-train mode=ddp mode.ranks=2 # ranks started by you
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from hpcbench.cli import fail, one_line_errors, run_hydra_app
+from hpcbench.config import RunConfig, register_schemas, to_run_config
+from hpcbench.distributed import launched_by_mpi, slurm_step_tasks
+from hpcbench.resolvers import RUN_STAMP_ENV, register_resolvers, run_stamp
+
+# An absolute path: Hydra reads a relative one as a Python package when run as an entry point.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+register_resolvers()
+register_schemas()
+
+
+def run_job(run: RunConfig, out_dir: Path) -> Optional[float]:
+    """Run one job of a run or sweep in `out_dir`; returns its best test accuracy."""
+    # Heavy imports here, not at module level: composing configs (and --help) stays fast.
+    from hpcbench.launch import launch_ranks
+    from hpcbench.rundir import read_summary
+    from hpcbench.trainer import train, train_rank
+
+    if run.mode.name != "ddp":
+        return train(run, out_dir).best_test_acc
+    if launched_by_mpi() or slurm_step_tasks() > 1:
+        summary = train_rank(run, out_dir)
+        return summary.best_test_acc if summary else None
+    launch_ranks(run, out_dir)
+    return read_summary(out_dir).get("best_test_acc")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def hydra_main(cfg: DictConfig) -> Optional[float]:
+    hydra_cfg = HydraConfig.get()
+    # A single run reports its own errors in one line. In a multirun they propagate, so Hydra
+    # names the failed job's overrides and the other jobs still run.
+    if hydra_cfg.mode == RunMode.RUN:
+        with one_line_errors("hpcbench-train"):
+            return run_job(to_run_config(cfg), Path(hydra_cfg.runtime.output_dir))
+    return run_job(to_run_config(cfg), Path(hydra_cfg.runtime.output_dir))
+
+
+def _agree_on_run_directory() -> None:
+    """Under `mpiexec -n N hpcbench-train`, every rank runs Hydra: give them rank 0's run stamp
+    (so one run directory) and keep Hydra's files and logs to rank 0."""
+    from hpcbench.distributed import bcast
+
+    if "-m" in sys.argv or "--multirun" in sys.argv:
+        fail("hpcbench-train", "a multirun cannot be started under MPI; start it without mpiexec", 2)
+    os.environ[RUN_STAMP_ENV] = bcast(run_stamp())
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_rank() != 0:
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+
+def main() -> None:
+    if launched_by_mpi():
+        _agree_on_run_directory()
+    run_hydra_app(hydra_main, "hpcbench-train")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""The training run: the original study's recipe, one process or one rank of a DDP world.
+
+`train(run, out_dir, topology)` is the whole run; the Hydra entry point, the MPI worker and the
+tests all call it. Only rank 0 writes the run directory.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import resource
+import socket
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from hpcbench.config import RunConfig, global_batch, per_device_batch
+from hpcbench.data.loaders import DataPipeline, build_pil_pipeline
+from hpcbench.distributed import (
+    SERIAL,
+    Topology,
+    all_reduce_sum,
+    init_process_group,
+    mpi_topology,
+    resolve_backend,
+    shutdown,
+    threads_per_rank,
+)
+from hpcbench.environment import collect_environment
+from hpcbench.errors import DeviceError
+from hpcbench.models import build_model, check_pretrained_available
+from hpcbench.progress import ProgressBar
+from hpcbench.rundir import EpochMetrics, RunDirectory, RunSummary
+
+log = logging.getLogger("hpcbench")
+
+TIMING_WARMUP_STEPS = 2  # steps per epoch left out of samples_per_s (allocator, worker start-up)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The RNG seed of one epoch on one rank: dropout and in-process augmentation depend on
+    (seed, epoch, rank) alone, never on what ran before."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
+
+
+def select_device(run: RunConfig, topology: Topology) -> torch.device:
+    if run.mode.device != "cuda":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"mode={run.mode.name} needs a CUDA device, but none is visible on {socket.gethostname()} "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use mode=cpu or run on a GPU node"
+        )
+    if topology.local_rank >= torch.cuda.device_count():
+        raise DeviceError(
+            f"rank {topology.rank} is local rank {topology.local_rank} but this node has "
+            f"{torch.cuda.device_count()} GPU(s): start at most one rank per GPU"
+        )
+    torch.cuda.set_device(topology.local_rank)
+    return torch.device("cuda", topology.local_rank)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    accuracy: float
+    time_s: float
+    data_time_s: float = 0.0
+    samples_per_s: float = 0.0
+
+
+def _totals_to_result(totals: torch.Tensor, topology: Topology) -> tuple[float, float]:
+    """(mean loss, accuracy) from summed (loss, correct, count) of every rank."""
+    loss_sum, correct, count = all_reduce_sum(totals, topology).tolist()
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    pipeline: DataPipeline,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    topology: Topology,
+    label: str,
+) -> EpochResult:
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    loader = pipeline.train_loader
+    # (loss sum, correct, count) stay on the device: no .item() and no host sync per step.
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    progress = ProgressBar(len(loader), label, topology.is_main, loader.batch_size or 1)
+    data_time, measured_images, measure_start = 0.0, 0, None
+    start = time.perf_counter()
+    batches = iter(loader)
+    for step in range(1, len(loader) + 1):
+        wait_start = time.perf_counter()
+        images, labels = next(batches)
+        data_time += time.perf_counter() - wait_start
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(images)
+        loss = criterion(logits, labels)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            count = labels.new_tensor(labels.numel(), dtype=torch.float64)
+            totals += torch.stack([loss.detach().double() * count, (logits.argmax(1) == labels).sum().double(), count])
+        if step == TIMING_WARMUP_STEPS:
+            synchronize(device)
+            measure_start = time.perf_counter()
+        elif step > TIMING_WARMUP_STEPS:
+            measured_images += labels.numel()
+        progress.update(step)
+    synchronize(device)
+    end = time.perf_counter()
+    progress.close()
+    if measure_start is None or measured_images == 0:  # fewer steps than the warm-up: use them all
+        measure_start, measured_images = start, int(totals[2].item())
+    rate = all_reduce_sum(torch.tensor([measured_images / (end - measure_start)], dtype=torch.float64), topology)
+    loss, accuracy = _totals_to_result(totals, topology)
+    return EpochResult(loss, accuracy, end - start, data_time, float(rate.item()))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, topology: Topology) -> EpochResult:
+    """Exact global test loss and accuracy: every rank evaluates a disjoint shard, the sums are
+    all-reduced."""
+    model.eval()
+    start = time.perf_counter()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
+        totals += torch.stack(
+            [loss_sum.double(), (logits.argmax(1) == labels).sum().double(), torch.tensor(labels.numel(), dtype=torch.float64, device=device)]
+        )
+    loss, accuracy = _totals_to_result(totals, topology)
+    return EpochResult(loss, accuracy, time.perf_counter() - start)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class Run:
+    """State and bookkeeping of one training run."""
+
+    def __init__(self, run: RunConfig, out_dir: Path, topology: Topology):
+        self.cfg, self.topology = run, topology
+        self.run_dir = RunDirectory(out_dir) if topology.is_main else None
+        self.history: List[EpochMetrics] = []
+        self.started = time.perf_counter()
+        self.summary: Optional[RunSummary] = None
+
+    def write(self) -> None:
+        if self.run_dir is not None and self.summary is not None:
+            self.run_dir.write_summary(self.summary)
+
+    def start(self, pipeline: DataPipeline) -> None:
+        cfg, topology = self.cfg, self.topology
+        self.summary = RunSummary(
+            status="running",
+            mode=cfg.mode.name,
+            device=cfg.mode.device,
+            world_size=topology.world_size,
+            nodes=topology.nodes,
+            ranks_per_node=topology.local_size,
+            model=cfg.model.name,
+            dataset=cfg.data.name,
+            image_size=cfg.data.image_size,
+            scaling=cfg.batch_size.scaling,
+            batch_per_device=per_device_batch(cfg),
+            global_batch=global_batch(cfg),
+            train_images=pipeline.num_train,
+            test_images=pipeline.num_test,
+            epochs_planned=cfg.train.epochs,
+            started_at=datetime.now().isoformat(timespec="seconds"),
+            classes=pipeline.classes,
+            hostname=socket.gethostname(),
+        )
+        if self.run_dir is not None:
+            self.run_dir.write_config(cfg)
+            self.run_dir.write_json("env.json", collect_environment())
+            self.write()
+
+    def record_epoch(self, metrics: EpochMetrics, model: nn.Module, classes: List[str]) -> None:
+        self.history.append(metrics)
+        summary = self.summary
+        assert summary is not None
+        improved = summary.best_test_acc is None or metrics.test_acc > summary.best_test_acc
+        summary.epochs = metrics.epoch
+        summary.total_time_s = time.perf_counter() - self.started
+        summary.train_time_s = sum(m.train_time_s for m in self.history)
+        summary.samples_per_s = statistics.median(m.samples_per_s for m in self.history)
+        summary.final_test_acc, summary.final_test_loss = metrics.test_acc, metrics.test_loss
+        summary.peak_memory_mb = max(m.peak_memory_mb for m in self.history)
+        if improved:
+            summary.best_test_acc, summary.best_epoch = metrics.test_acc, metrics.epoch
+        if self.run_dir is None:
+            return
+        self.run_dir.write_metrics(self.history)
+        if self.cfg.train.save_checkpoints:
+            state = {
+                "model": unwrap(model).state_dict(),
+                "epoch": metrics.epoch,
+                "test_acc": metrics.test_acc,
+                "classes": classes,
+                "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
+            }
+            self.run_dir.save_checkpoint("last", state)
+            if improved:
+                self.run_dir.save_checkpoint("best", state)
+        self.write()
+
+    def finish(self, status: str, error: Optional[str] = None) -> None:
+        if self.summary is None:
+            return
+        self.summary.status, self.summary.error = status, error
+        self.summary.finished_at = datetime.now().isoformat(timespec="seconds")
+        self.write()
+
+
+def build_training_model(cfg: RunConfig, num_classes: int, device: torch.device, topology: Topology) -> nn.Module:
+    model = build_model(cfg.model.name, num_classes, cfg.model.pretrained).to(device)
+    if topology.distributed:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def train(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSummary:
+    """Train `cfg` and write the run directory `out_dir` (rank 0). Returns the final summary."""
+    device = select_device(cfg, topology)
+    if cfg.model.pretrained:
+        check_pretrained_available(cfg.model.name)  # fail before any data is read
+    seed_everything(cfg.train.seed)
+    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
+    pipeline = build_pil_pipeline(cfg, topology.rank, topology.world_size)
+    state = Run(cfg, out_dir, topology)
+    state.start(pipeline)
+    try:
+        _fit(cfg, state, pipeline, device, topology)
+    except BaseException as error:  # KeyboardInterrupt and SystemExit too: never leave "running"
+        state.finish("failed", f"{type(error).__name__}: {error}")
+        raise
+    state.finish("completed")
+    assert state.summary is not None
+    return state.summary
+
+
+def _fit(cfg: RunConfig, state: Run, pipeline: DataPipeline, device: torch.device, topology: Topology) -> None:
+    model = build_training_model(cfg, len(pipeline.classes), device, topology)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.train.lr_step_size, gamma=cfg.train.lr_gamma)
+    if topology.is_main:
+        log.info(
+            "training %s on %s: %d ranks x batch %d, %d train / %d test images at %d px, %d epochs",
+            cfg.model.name, device, topology.world_size, per_device_batch(cfg), pipeline.num_train,
+            pipeline.num_test, cfg.data.image_size, cfg.train.epochs,
+        )
+    for epoch in range(1, cfg.train.epochs + 1):
+        pipeline.set_epoch(epoch, cfg.train.seed)
+        seed_everything(epoch_seed(cfg.train.seed, epoch, topology.rank))
+        lr = optimizer.param_groups[0]["lr"]
+        label = f"epoch {epoch}/{cfg.train.epochs}"
+        trained = train_one_epoch(model, pipeline, optimizer, device, topology, label)
+        tested = evaluate(model, pipeline.test_loader, device, topology)
+        scheduler.step()
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=trained.loss,
+            train_acc=trained.accuracy,
+            test_loss=tested.loss,
+            test_acc=tested.accuracy,
+            lr=lr,
+            epoch_time_s=trained.time_s + tested.time_s,
+            train_time_s=trained.time_s,
+            eval_time_s=tested.time_s,
+            data_time_s=trained.data_time_s,
+            compute_time_s=trained.time_s - trained.data_time_s,
+            samples_per_s=trained.samples_per_s,
+            peak_memory_mb=peak_memory_mb(device),
+        )
+        state.record_epoch(metrics, model, pipeline.classes)
+        if topology.is_main:
+            log.info(
+                "%s train_loss %.4f train_acc %.4f test_loss %.4f test_acc %.4f lr %.1e %.1fs %.1f img/s",
+                label, metrics.train_loss, metrics.train_acc, metrics.test_loss, metrics.test_acc, lr,
+                metrics.epoch_time_s, metrics.samples_per_s,
+            )
+
+
+def train_rank(
+    cfg: RunConfig, out_dir: Path, configure_logging: Optional[Callable[[bool], None]] = None
+) -> Optional[RunSummary]:
+    """One rank of a DDP run inside an MPI world. Returns the summary on rank 0, None elsewhere."""
+    topology = mpi_topology(cfg.mode.ranks)
+    if configure_logging is not None:
+        configure_logging(topology.is_main)
+    if cfg.mode.device == "cpu":
+        torch.set_num_threads(threads_per_rank(topology))
+    select_device(cfg, topology)  # NCCL wants the rank's GPU chosen before the process group starts
+    init_process_group(topology, resolve_backend(cfg.mode.backend, cfg.mode.device), cfg.mode.collective_timeout_s)
+    try:
+        summary = train(cfg, out_dir, topology)
+    finally:
+        shutdown()
+    return summary if topology.is_main else None

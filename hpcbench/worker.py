@@ -1,0 +1,40 @@
+"""One MPI rank of a DDP run: `python -m hpcbench.worker RUN_DIR` (started by launch.py or by
+the Slurm launcher's srun). Reads RUN_DIR/resolved_config.yaml; rank 0 writes RUN_DIR."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from hpcbench.cli import fail
+from hpcbench.errors import HpcbenchError
+from hpcbench.rundir import read_resolved_config
+from hpcbench.trainer import train_rank
+
+
+def _configure_logging(run_dir: Path, is_main: bool) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if is_main:
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    logging.basicConfig(
+        level=logging.INFO if is_main else logging.WARNING,
+        format="[%(asctime)s][%(levelname)s] %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        handlers=handlers,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        fail("hpcbench.worker", "usage: python -m hpcbench.worker RUN_DIR", 2)
+    run_dir = Path(args[0])
+    try:
+        run = read_resolved_config(run_dir)
+        train_rank(run, run_dir, configure_logging=lambda is_main: _configure_logging(run_dir, is_main))
+    except HpcbenchError as error:
+        fail("hpcbench.worker", str(error).splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()
