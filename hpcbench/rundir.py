@@ -64,9 +64,9 @@ class RunSummary:
     scaling: str  # weak | strong
     batch_per_device: int
     global_batch: int
-    train_images: int
-    test_images: int
     epochs_planned: int
+    train_images: int = 0  # known once the data set is open
+    test_images: int = 0
     epochs: int = 0  # epochs completed
     total_time_s: float = 0.0  # wall clock from the first epoch to the end, evaluation included
     train_time_s: float = 0.0

@@ -172,47 +172,46 @@ class Run:
     """State and bookkeeping of one training run."""
 
     def __init__(self, run: RunConfig, out_dir: Path, topology: Topology):
+        """Write the config, environment and a `running` summary before anything can fail, so
+        every failure after this point is recorded in summary.json."""
         self.cfg, self.topology = run, topology
         self.run_dir = RunDirectory(out_dir) if topology.is_main else None
         self.history: List[EpochMetrics] = []
         self.started = time.perf_counter()
-        self.summary: Optional[RunSummary] = None
-
-    def write(self) -> None:
-        if self.run_dir is not None and self.summary is not None:
-            self.run_dir.write_summary(self.summary)
-
-    def start(self, pipeline: DataPipeline) -> None:
-        cfg, topology = self.cfg, self.topology
         self.summary = RunSummary(
             status="running",
-            mode=cfg.mode.name,
-            device=cfg.mode.device,
+            mode=run.mode.name,
+            device=run.mode.device,
             world_size=topology.world_size,
             nodes=topology.nodes,
             ranks_per_node=topology.local_size,
-            model=cfg.model.name,
-            dataset=cfg.data.name,
-            image_size=cfg.data.image_size,
-            scaling=cfg.batch_size.scaling,
-            batch_per_device=per_device_batch(cfg),
-            global_batch=global_batch(cfg),
-            train_images=pipeline.num_train,
-            test_images=pipeline.num_test,
-            epochs_planned=cfg.train.epochs,
+            model=run.model.name,
+            dataset=run.data.name,
+            image_size=run.data.image_size,
+            scaling=run.batch_size.scaling,
+            batch_per_device=per_device_batch(run),
+            global_batch=global_batch(run),
+            epochs_planned=run.train.epochs,
             started_at=datetime.now().isoformat(timespec="seconds"),
-            classes=pipeline.classes,
             hostname=socket.gethostname(),
         )
         if self.run_dir is not None:
-            self.run_dir.write_config(cfg)
+            self.run_dir.write_config(run)
             self.run_dir.write_json("env.json", collect_environment())
             self.write()
+
+    def write(self) -> None:
+        if self.run_dir is not None:
+            self.run_dir.write_summary(self.summary)
+
+    def data_ready(self, pipeline: DataPipeline) -> None:
+        self.summary.train_images, self.summary.test_images = pipeline.num_train, pipeline.num_test
+        self.summary.classes = pipeline.classes
+        self.write()
 
     def record_epoch(self, metrics: EpochMetrics, model: nn.Module, classes: List[str]) -> None:
         self.history.append(metrics)
         summary = self.summary
-        assert summary is not None
         improved = summary.best_test_acc is None or metrics.test_acc > summary.best_test_acc
         summary.epochs = metrics.epoch
         summary.total_time_s = time.perf_counter() - self.started
@@ -239,8 +238,6 @@ class Run:
         self.write()
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
-        if self.summary is None:
-            return
         self.summary.status, self.summary.error = status, error
         self.summary.finished_at = datetime.now().isoformat(timespec="seconds")
         self.write()
@@ -255,21 +252,20 @@ def build_training_model(cfg: RunConfig, num_classes: int, device: torch.device,
 
 def train(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSummary:
     """Train `cfg` and write the run directory `out_dir` (rank 0). Returns the final summary."""
-    device = select_device(cfg, topology)
-    if cfg.model.pretrained:
-        check_pretrained_available(cfg.model.name)  # fail before any data is read
-    seed_everything(cfg.train.seed)
-    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
-    pipeline = build_pil_pipeline(cfg, topology.rank, topology.world_size)
     state = Run(cfg, out_dir, topology)
-    state.start(pipeline)
     try:
+        device = select_device(cfg, topology)
+        if cfg.model.pretrained:
+            check_pretrained_available(cfg.model.name)  # fail before any data is read
+        seed_everything(cfg.train.seed)
+        torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
+        pipeline = build_pil_pipeline(cfg, topology.rank, topology.world_size)
+        state.data_ready(pipeline)
         _fit(cfg, state, pipeline, device, topology)
     except BaseException as error:  # KeyboardInterrupt and SystemExit too: never leave "running"
-        state.finish("failed", f"{type(error).__name__}: {error}")
+        state.finish("failed", f"{type(error).__name__}: {str(error).splitlines()[-1] if str(error) else ''}")
         raise
     state.finish("completed")
-    assert state.summary is not None
     return state.summary
 
 

@@ -71,8 +71,11 @@ def build_pil_pipeline(run: RunConfig, rank: int, world_size: int) -> DataPipeli
     # One sampler for serial and DDP runs: a seeded permutation per epoch, split over the ranks.
     train_sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=run.train.seed)
     workers = dict(num_workers=data.num_workers, persistent_workers=False, pin_memory=run.mode.device == "cuda")
+    # A last training batch of one image breaks BatchNorm ("expected more than 1 value per
+    # channel") at small image sizes; drop it in that case only.
+    drop_last = len(train_sampler) % batch == 1
     train_loader = DataLoader(
-        train_set, batch_size=batch, sampler=train_sampler, generator=torch.Generator(), **workers
+        train_set, batch_size=batch, sampler=train_sampler, generator=torch.Generator(), drop_last=drop_last, **workers
     )
     test_loader = DataLoader(test_set, batch_size=batch, sampler=ShardSampler(len(test_set), rank, world_size), **workers)
     return DataPipeline(train_loader, test_loader, train_sampler, train_source.classes, len(train_set), len(test_set))

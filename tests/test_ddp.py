@@ -1,0 +1,139 @@
+"""MPI + DDP on real MPI ranks (MPICH from PyPI, gloo on the CPU)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, read_json, read_metrics, run_cli, run_dirs
+
+from hpcbench.data.loaders import build_pil_pipeline
+from hpcbench.models import build_model
+from hpcbench.rundir import read_resolved_config
+from hpcbench.trainer import evaluate
+
+pytestmark = pytest.mark.slow
+
+MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+DDP = [*TINY, "mode=ddp", "mode.ranks=2", "mode.device=cpu"]
+
+
+def _mpiexec(args: list[str], cwd: Path, ranks: int = 2, timeout: float = 300, env: dict | None = None):
+    full_env = {**os.environ, "HPCBENCH_OUTPUT_DIR": str(cwd / "outputs"), **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_rank_run_writes_a_complete_run_directory(tmp_path):
+    result = run_cli(DDP, tmp_path)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "completed"
+    assert (summary["world_size"], summary["nodes"], summary["ranks_per_node"]) == (2, 1, 2)
+    assert summary["global_batch"] == 64 and summary["batch_per_device"] == 32
+    assert [m["epoch"] for m in read_metrics(run_dir)] == [1, 2]
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert read_json(run_dir / "env.json")["mpi"].startswith("MPICH")
+    log = (run_dir / "train.log").read_text()
+    assert log.count("epoch 2/2") == 1  # rank 1 stays quiet
+
+
+def test_ranks_started_by_the_user_share_one_run_directory(tmp_path):
+    result = _mpiexec(["-m", "hpcbench.train", *DDP], tmp_path)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    assert read_json(run_dir / "summary.json")["world_size"] == 2
+    assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 1
+
+
+def test_one_ddp_step_equals_one_serial_step_on_the_doubled_batch(tmp_path):
+    result_file = tmp_path / "result.txt"
+    program = str(Path(__file__).parent / "mpi_programs" / "one_step.py")
+    result = _mpiexec([program, str(result_file)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    worst, moved = map(float, result_file.read_text().split())
+    assert moved > 1e-4  # the step changed the parameters ...
+    assert worst < 1e-5  # ... exactly as the serial step did
+
+
+def test_global_test_accuracy_is_exact_and_matches_a_serial_evaluation(tmp_path):
+    # 75 test images: not divisible by 2 ranks, so DistributedSampler's padding would be visible.
+    result = run_cli([*DDP, "data.limit_test=75"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    summary = read_json(run_dir / "summary.json")
+    assert summary["test_images"] == 75
+
+    run = read_resolved_config(run_dir)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    model = build_model(run.model.name, len(best["classes"]))
+    model.load_state_dict(best["model"])
+    pipeline = build_pil_pipeline(run, rank=0, world_size=1)
+    serial = evaluate(model, pipeline.test_loader, torch.device("cpu"), topology=__import__("hpcbench.distributed").distributed.SERIAL)
+    assert serial.accuracy == summary["best_test_acc"]
+    best_metrics = read_metrics(run_dir)[summary["best_epoch"] - 1]
+    assert serial.loss == pytest.approx(best_metrics["test_loss"], rel=1e-5)
+
+
+def test_two_ddp_runs_started_together_both_succeed(tmp_path):
+    env = {**os.environ, "HPCBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    command = [sys.executable, "-m", "hpcbench.train", *DDP, "train.epochs=1"]
+    jobs = [subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [job.communicate(timeout=300)[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], errors
+    dirs = run_dirs(tmp_path / "outputs")
+    assert len(dirs) == 2
+    assert all(read_json(d / "summary.json")["status"] == "completed" for d in dirs)
+
+
+def _worker_pids(run_dir_fragment: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if "hpcbench.worker" in cmdline and run_dir_fragment in cmdline and "mpiexec" not in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_killing_one_rank_ends_the_job_with_an_error_within_a_minute(tmp_path):
+    env = {**os.environ, "HPCBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
+    job = subprocess.Popen([sys.executable, "-m", "hpcbench.train", *DDP, "train.epochs=200"], cwd=tmp_path,
+                           env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(pids := _worker_pids(str(tmp_path))) < 2 or not list((tmp_path / "outputs").rglob("metrics.jsonl")):
+        assert time.monotonic() < deadline and job.poll() is None, "the ranks never started training"
+        time.sleep(0.5)
+    killed_at = time.monotonic()
+    os.kill(max(pids), signal.SIGKILL)
+    _, stderr = job.communicate(timeout=90)
+    assert job.returncode != 0
+    assert time.monotonic() - killed_at < 60
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    assert read_json(run_dir / "summary.json")["status"] == "failed"
+
+
+def test_world_size_different_from_the_config_is_a_clear_error(tmp_path):
+    result = _mpiexec(["-m", "hpcbench.train", *TINY, "mode=ddp", "mode.ranks=3", "mode.device=cpu"], tmp_path)
+    assert result.returncode != 0
+    assert "MPI started 2 processes but mode.ranks=3" in result.stderr
+
+
+def test_srun_without_mpi_plugin_singletons_are_detected(tmp_path):
+    # What `srun -n 2` without --mpi starts: each task is an MPI world of size 1.
+    result = run_cli(DDP, tmp_path, env={"SLURM_STEP_NUM_TASKS": "2"})
+    assert result.returncode == 2
+    assert "separate MPI worlds of size 1" in result.stderr and "--mpi=pmi2" in result.stderr
