@@ -22,6 +22,7 @@ $(INSTALLED): pyproject.toml
 
 demo: $(INSTALLED)
 	$(BIN)/hpcbench-train -m experiment=quickstart hydra.sweep.dir=$(DEMO_SWEEP)
+	$(BIN)/hpcbench-report $(DEMO_SWEEP) --out reports/quickstart --title "hpcbench quickstart: serial CPU vs 2 DDP ranks (synthetic data, 32 px)"
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

@@ -99,6 +99,9 @@ class TrainConfig:
     optimizer: str = "adam"
     lr_step_size: int = 10  # StepLR: multiply the learning rate by lr_gamma every lr_step_size epochs
     lr_gamma: float = 0.1
+    lr_scaling: str = "none"  # none | linear | sqrt: scale lr with global batch / base_batch (Goyal et al. 2017)
+    base_batch: Optional[int] = None  # the global batch train.lr was tuned for; None = batch_size.size
+    warmup_epochs: int = 0  # ramp from train.lr to the scaled rate over these epochs, per step
     seed: int = 42
     deterministic: bool = True  # torch deterministic algorithms (bit-identical reruns on CPU)
     save_checkpoints: bool = True
@@ -129,6 +132,7 @@ SCALINGS = ("weak", "strong")
 MODELS = ("mobilenet_v2", "resnet18")
 DATASETS = ("synthetic", "image_folder", "cifar10")
 OPTIMIZERS = ("adam",)
+LR_SCALING_RULES = ("none", "linear", "sqrt")
 MPI_LAUNCHERS = ("mpiexec", "mpirun", "srun")
 
 
@@ -167,6 +171,7 @@ def validate(run: RunConfig) -> None:
     _require_choice("model.name", run.model.name, MODELS)
     _require_choice("data.name", run.data.name, DATASETS)
     _require_choice("train.optimizer", run.train.optimizer, OPTIMIZERS)
+    _require_choice("train.lr_scaling", run.train.lr_scaling, LR_SCALING_RULES)
     _require_choice("hardware.accelerator", run.hardware.accelerator, DEVICES)
     _require_choice("hardware.mpi_launcher", run.hardware.mpi_launcher, MPI_LAUNCHERS)
     for key, value in [
@@ -178,9 +183,11 @@ def validate(run: RunConfig) -> None:
         ("data.limit_train", run.data.limit_train),
         ("data.limit_test", run.data.limit_test),
         ("train.lr_step_size", run.train.lr_step_size),
+        ("train.base_batch", run.train.base_batch),
     ]:
         _require_positive(key, value)
     _require(run.train.lr > 0, f"train.lr must be positive, got {run.train.lr}")
+    _require(run.train.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {run.train.warmup_epochs}")
     _require(run.data.num_workers >= 0, f"data.num_workers must be >= 0, got {run.data.num_workers}")
     if run.mode.name != "ddp":
         _require(run.mode.ranks == 1, f"mode.ranks={run.mode.ranks} needs mode=ddp (mode={run.mode.name} runs one process)")

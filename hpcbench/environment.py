@@ -47,7 +47,7 @@ def mpi_library() -> Optional[str]:
     """The MPI library of an MPI run; None for runs that never started MPI (importing mpi4py
     would initialise MPI in a serial run just to report it)."""
     mpi = sys.modules.get("mpi4py.MPI")
-    return mpi.Get_library_version().splitlines()[0].strip() if mpi else None
+    return " ".join(mpi.Get_library_version().split()[:3]).replace("Version: ", "") if mpi else None
 
 
 def collect_environment() -> Dict[str, Any]:

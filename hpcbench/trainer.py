@@ -39,6 +39,7 @@ from hpcbench.errors import DeviceError
 from hpcbench.models import build_model, check_pretrained_available
 from hpcbench.progress import ProgressBar
 from hpcbench.rundir import EpochMetrics, RunDirectory, RunSummary
+from hpcbench.schedule import LearningRateSchedule
 
 log = logging.getLogger("hpcbench")
 
@@ -104,6 +105,8 @@ def train_one_epoch(
     model: nn.Module,
     pipeline: DataPipeline,
     optimizer: torch.optim.Optimizer,
+    schedule: LearningRateSchedule,
+    epoch: int,
     device: torch.device,
     topology: Topology,
     label: str,
@@ -122,6 +125,8 @@ def train_one_epoch(
         images, labels = next(batches)
         data_time += time.perf_counter() - wait_start
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.at(epoch, step - 1)
         optimizer.zero_grad(set_to_none=True)
         logits = model(images)
         loss = criterion(logits, labels)
@@ -272,7 +277,7 @@ def train(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSumm
 def _fit(cfg: RunConfig, state: Run, pipeline: DataPipeline, device: torch.device, topology: Topology) -> None:
     model = build_training_model(cfg, len(pipeline.classes), device, topology)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.train.lr_step_size, gamma=cfg.train.lr_gamma)
+    schedule = LearningRateSchedule.for_run(cfg, len(pipeline.train_loader))
     if topology.is_main:
         log.info(
             "training %s on %s: %d ranks x batch %d, %d train / %d test images at %d px, %d epochs",
@@ -282,11 +287,10 @@ def _fit(cfg: RunConfig, state: Run, pipeline: DataPipeline, device: torch.devic
     for epoch in range(1, cfg.train.epochs + 1):
         pipeline.set_epoch(epoch, cfg.train.seed)
         seed_everything(epoch_seed(cfg.train.seed, epoch, topology.rank))
-        lr = optimizer.param_groups[0]["lr"]
+        lr = schedule.at(epoch)
         label = f"epoch {epoch}/{cfg.train.epochs}"
-        trained = train_one_epoch(model, pipeline, optimizer, device, topology, label)
+        trained = train_one_epoch(model, pipeline, optimizer, schedule, epoch, device, topology, label)
         tested = evaluate(model, pipeline.test_loader, device, topology)
-        scheduler.step()
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=trained.loss,

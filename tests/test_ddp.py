@@ -13,6 +13,7 @@ import torch
 from conftest import TINY, read_json, read_metrics, run_cli, run_dirs
 
 from hpcbench.data.loaders import build_pil_pipeline
+from hpcbench.distributed import SERIAL
 from hpcbench.models import build_model
 from hpcbench.rundir import read_resolved_config
 from hpcbench.trainer import evaluate
@@ -76,7 +77,7 @@ def test_global_test_accuracy_is_exact_and_matches_a_serial_evaluation(tmp_path)
     model = build_model(run.model.name, len(best["classes"]))
     model.load_state_dict(best["model"])
     pipeline = build_pil_pipeline(run, rank=0, world_size=1)
-    serial = evaluate(model, pipeline.test_loader, torch.device("cpu"), topology=__import__("hpcbench.distributed").distributed.SERIAL)
+    serial = evaluate(model, pipeline.test_loader, torch.device("cpu"), SERIAL)
     assert serial.accuracy == summary["best_test_acc"]
     best_metrics = read_metrics(run_dir)[summary["best_epoch"] - 1]
     assert serial.loss == pytest.approx(best_metrics["test_loss"], rel=1e-5)

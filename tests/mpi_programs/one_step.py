@@ -35,8 +35,8 @@ def main(result_path: str) -> None:
     half = slice(4 * topology.rank, 4 * topology.rank + 4)
     step(ddp, images[half], labels[half])
 
-    worst = max((a - b).abs().max().item() for a, b in zip(serial.parameters(), ddp.module.parameters()))
-    moved = max((a - b).abs().max().item() for a, b in zip(model.parameters(), ddp.module.parameters()))
+    worst = max((a - b).abs().max().item() for a, b in zip(serial.parameters(), ddp.module.parameters(), strict=True))
+    moved = max((a - b).abs().max().item() for a, b in zip(model.parameters(), ddp.module.parameters(), strict=True))
     if topology.is_main:
         with open(result_path, "w") as handle:
             handle.write(f"{worst} {moved}\n")

@@ -1,0 +1,80 @@
+"""hpcbench-report: tables, plots and report.md from run or sweep directories.
+
+    hpcbench-report outputs/sweeps/2026-11-27_... --out reports/quickstart
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List, Optional
+
+from hpcbench.cli import fail
+from hpcbench.errors import HpcbenchError
+from hpcbench.report import plots
+from hpcbench.report.collect import collect
+from hpcbench.report.markdown import render, studies_json, study_names
+from hpcbench.report.scaling import add_scaling_columns, configurations, fit_scaling_laws
+from hpcbench.rundir import atomic_write_text
+
+CSV_FLOAT = "%.6f"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpcbench-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run or sweep directories (searched recursively)")
+    parser.add_argument("--out", type=Path, required=True, help="directory to write report.md, CSVs and PNGs to")
+    parser.add_argument("--baseline", choices=["auto", "cpu", "single"], default="auto",
+                        help="speedup baseline: serial CPU if present (auto), serial CPU, or single device")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="accuracy parity tolerance (0.01 = 1 point)")
+    parser.add_argument("--title", default="hpcbench report")
+    return parser
+
+
+def _run_labels(collection) -> dict:
+    return {r.run_dir: f"{Path(r.run_dir).name}: {r.mode} {r.device} x{r.world_size} b{r.batch_per_device} ({r.scaling})"
+            for r in collection.runs.itertuples()}
+
+
+def write_report(paths: List[Path], out: Path, baseline: str = "auto", tolerance: float = 0.01,
+                 title: str = "hpcbench report") -> Path:
+    collection = collect(paths)
+    table = configurations(collection.runs)
+    fits = []
+    if not table.empty:
+        table = add_scaling_columns(table, baseline, tolerance)
+        fits = fit_scaling_laws(table)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    if not table.empty:
+        names = study_names(table)
+        labels = [f"{names[r.study]} {r.mode} x{r.devices} b{r.batch_per_device}" for r in table.itertuples()]
+        figures = {
+            "Speedup vs devices": plots.speedup_plot(table, fits, names, out / "speedup.png"),
+            "Parallel efficiency vs devices": plots.efficiency_plot(table, names, out / "efficiency.png"),
+            "Time per epoch by phase": plots.time_breakdown_plot(table, labels, out / "time_breakdown.png"),
+            "Test accuracy and loss per epoch": plots.curves_plot(collection.metrics, _run_labels(collection), out / "curves.png"),
+            "Throughput vs batch size": plots.throughput_plot(table, out / "throughput.png"),
+        }
+    inputs = [p.name for p in paths]
+    runs_csv = collection.runs.copy()
+    if not runs_csv.empty:
+        runs_csv["study"] = runs_csv["study"].map(study_names(table))
+        table_csv = table.assign(study=table["study"].map(study_names(table)))
+        atomic_write_text(out / "scaling.csv", table_csv.to_csv(index=False, float_format=CSV_FLOAT))
+    atomic_write_text(out / "runs.csv", runs_csv.to_csv(index=False, float_format=CSV_FLOAT))
+    atomic_write_text(out / "studies.json", studies_json(table))
+    atomic_write_text(out / "report.md", render(collection, table, fits, figures, title, inputs, tolerance))
+    return out / "report.md"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        report = write_report(args.paths, args.out, args.baseline, args.tolerance, args.title)
+    except HpcbenchError as error:
+        fail("hpcbench-report", str(error))
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

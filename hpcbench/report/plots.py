@@ -1,0 +1,102 @@
+"""The report's figures (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from hpcbench.report.scaling import PREDICT_UP_TO, ScalingFit  # noqa: E402
+
+FIGSIZE = (7.0, 4.5)
+DPI = 100
+PNG_METADATA = {"Software": None}  # no version string: identical inputs give identical files
+
+
+def _save(figure, path: Path) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI, metadata=PNG_METADATA)
+    plt.close(figure)
+    return path.name
+
+
+def _series_label(study_names: Dict[str, str], study: str, device: str, scaling: str) -> str:
+    return f"{study_names[study]} {device} ({scaling})"
+
+
+def speedup_plot(table: pd.DataFrame, fits: List[ScalingFit], study_names: Dict[str, str], path: Path) -> str:
+    figure, axis = plt.subplots(figsize=FIGSIZE)
+    top = max(PREDICT_UP_TO, int(table["devices"].max()))
+    ideal = np.array([1, top])
+    axis.plot(ideal, ideal, color="grey", linestyle=":", label="ideal (linear)")
+    for (study, device, scaling), group in table.dropna(subset=["scaling_speedup"]).groupby(["study", "device", "scaling"], sort=True):
+        label = _series_label(study_names, study, device, scaling)
+        axis.plot(group["devices"], group["scaling_speedup"], marker="o", linestyle="-", label=f"{label}: measured")
+    for fit in fits:
+        devices = np.unique(np.geomspace(1, top, 40).round())
+        axis.plot(devices, fit.predict(devices), linestyle="--",
+                  label=f"{_series_label(study_names, fit.study, fit.device, fit.scaling)}: {fit.law} model, p={fit.parallel_fraction:.3f}")
+    axis.set(xscale="log", yscale="log", xlabel="devices (GPUs or CPU ranks)", ylabel="speedup over 1 device of the same type",
+             title="Speedup (dashed: model prediction, not measured)")
+    axis.legend(fontsize=7)
+    axis.grid(True, which="both", alpha=0.3)
+    return _save(figure, path)
+
+
+def efficiency_plot(table: pd.DataFrame, study_names: Dict[str, str], path: Path) -> str:
+    figure, axis = plt.subplots(figsize=FIGSIZE)
+    for (study, device, scaling), group in table.dropna(subset=["efficiency"]).groupby(["study", "device", "scaling"], sort=True):
+        axis.plot(group["devices"], group["efficiency"], marker="o", label=_series_label(study_names, study, device, scaling))
+    axis.axhline(1.0, color="grey", linestyle=":", label="ideal")
+    axis.set(xlabel="devices", ylabel="parallel efficiency", title="Parallel efficiency", ylim=(0, None))
+    axis.legend(fontsize=7)
+    axis.grid(True, alpha=0.3)
+    return _save(figure, path)
+
+
+def time_breakdown_plot(table: pd.DataFrame, labels: List[str], path: Path) -> str:
+    figure, axis = plt.subplots(figsize=FIGSIZE)
+    x = np.arange(len(table))
+    bottom = np.zeros(len(table))
+    for column, name in [("data_time_s", "waiting for data"), ("compute_time_s", "compute"),
+                         ("comm_time_s", "communication"), ("eval_time_s", "evaluation")]:
+        values = table[column].fillna(0.0).to_numpy(dtype=float)
+        if column == "comm_time_s" and not values.any():
+            continue  # not recorded separately by these runs
+        axis.bar(x, values, bottom=bottom, label=name)
+        bottom += values
+    axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+    axis.set(ylabel="seconds per epoch (mean)", title="Time per epoch by phase")
+    axis.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def curves_plot(metrics: Dict[str, List[dict]], labels: Dict[str, str], path: Path) -> str:
+    figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(10.0, 4.5))
+    for name in sorted(metrics):
+        epochs = [m["epoch"] for m in metrics[name]]
+        acc_axis.plot(epochs, [m["test_acc"] for m in metrics[name]], marker=".", label=labels[name])
+        loss_axis.plot(epochs, [m["test_loss"] for m in metrics[name]], marker=".", label=labels[name])
+    acc_axis.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy per epoch")
+    loss_axis.set(xlabel="epoch", ylabel="test loss", title="Test loss per epoch")
+    acc_axis.legend(fontsize=6)
+    for axis in (acc_axis, loss_axis):
+        axis.grid(True, alpha=0.3)
+    return _save(figure, path)
+
+
+def throughput_plot(table: pd.DataFrame, path: Path) -> str:
+    figure, axis = plt.subplots(figsize=FIGSIZE)
+    for (mode, device, devices), group in table.groupby(["mode", "device", "devices"], sort=True):
+        group = group.sort_values("batch_per_device")
+        axis.plot(group["batch_per_device"], group["samples_per_s"], marker="o", label=f"{mode} {device} x{devices}")
+    axis.set(xscale="log", xlabel="batch per device", ylabel="training images / s (all devices)",
+             title="Throughput vs batch size")
+    axis.legend(fontsize=7)
+    axis.grid(True, which="both", alpha=0.3)
+    return _save(figure, path)
