@@ -24,6 +24,7 @@ class ModeConfig:
     device: str = "cpu"  # cpu | cuda: where each process trains
     ranks: int = 1  # total processes; more than 1 only for ddp
     nodes: int = 1  # nodes the ranks are spread over (Slurm)
+    cpus_per_rank: Optional[int] = None  # cores per process; None: the partition's default share
     backend: str = "auto"  # torch.distributed backend: auto (nccl on cuda, gloo on cpu) | gloo | nccl
     collective_timeout_s: int = 120  # a dead rank ends the job after at most this long
 
@@ -38,6 +39,7 @@ class PartitionConfig:
     memory_gb: int = 1
     max_nodes: int = 1
     time_limit_min: int = 60  # the partition's own wall-time ceiling
+    cpus_per_task: Optional[int] = None  # default cores per task; None: an equal share of the node
 
 
 @dataclass
@@ -179,6 +181,7 @@ def validate(run: RunConfig) -> None:
         ("train.epochs", run.train.epochs),
         ("mode.ranks", run.mode.ranks),
         ("mode.nodes", run.mode.nodes),
+        ("mode.cpus_per_rank", run.mode.cpus_per_rank),
         ("data.image_size", run.data.image_size),
         ("data.limit_train", run.data.limit_train),
         ("data.limit_test", run.data.limit_test),

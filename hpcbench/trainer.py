@@ -260,6 +260,8 @@ def train(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSumm
     state = Run(cfg, out_dir, topology)
     try:
         device = select_device(cfg, topology)
+        if device.type == "cpu":
+            torch.set_num_threads(threads_per_rank(topology))
         if cfg.model.pretrained:
             check_pretrained_available(cfg.model.name)  # fail before any data is read
         seed_everything(cfg.train.seed)
@@ -322,8 +324,6 @@ def train_rank(
     topology = mpi_topology(cfg.mode.ranks)
     if configure_logging is not None:
         configure_logging(topology.is_main)
-    if cfg.mode.device == "cpu":
-        torch.set_num_threads(threads_per_rank(topology))
     select_device(cfg, topology)  # NCCL wants the rank's GPU chosen before the process group starts
     init_process_group(topology, resolve_backend(cfg.mode.backend, cfg.mode.device), cfg.mode.collective_timeout_s)
     try:

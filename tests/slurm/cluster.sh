@@ -62,7 +62,7 @@ PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP OverSubs
 EOF
     cat >"$DBD_CONF" <<EOF
 AuthType=auth/munge
-DbdHost=127.0.0.1
+DbdHost=${HOST}
 DbdAddr=127.0.0.1
 SlurmUser=root
 PidFile=/run/slurm/slurmdbd.pid

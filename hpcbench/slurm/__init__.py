@@ -1,0 +1,1 @@
+"""Running sweeps on Slurm: per-job resources, submission through submitit, monitoring, status."""

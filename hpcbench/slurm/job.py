@@ -1,0 +1,50 @@
+"""What runs inside a Slurm job: one Hydra job of the sweep, in every srun task of it.
+
+A DDP job has one srun task per rank; every task runs this callable, so all ranks form one MPI
+world (srun --mpi=...) and rank 0 alone writes Hydra's files and the run directory.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+# Ranks other than 0 log warnings to their stderr only (Slurm's .err file of that task).
+QUIET_LOGGING = {"version": 1, "root": {"level": "WARNING", "handlers": ["console"]},
+                 "handlers": {"console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+                 "disable_existing_loggers": False}
+
+
+class HydraSlurmJob:
+    """Pickled by submitit and called on the cluster with one job's overrides."""
+
+    def __init__(self, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig):
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def __call__(self, overrides: List[str], job_num: int, singleton_state: Dict[type, Singleton]) -> JobReturn:
+        import submitit  # lazy: Hydra imports launcher plugins at every start
+
+        environment = submitit.JobEnvironment()
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config.hydra):
+            config.hydra.job.id = environment.job_id
+            config.hydra.job.num = job_num
+            if environment.global_rank != 0:
+                config.hydra.output_subdir = None
+                config.hydra.job_logging = OmegaConf.create(QUIET_LOGGING)
+        result = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                         job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        if result.status == JobStatus.FAILED:
+            raise result._return_value  # the task fails, so Slurm records the job as FAILED
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Called by submitit on a time limit or preemption: requeue this job with its arguments."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)

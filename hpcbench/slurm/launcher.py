@@ -1,0 +1,163 @@
+"""A sweep on Slurm: plan every job (its own config -> its own resources), refuse what the
+hardware cannot hold, then submit one job array per distinct request, follow them and report.
+
+Called by the `hydra/launcher=slurm` plugin (hydra_plugins/hpcbench_slurm_launcher).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hpcbench.config import to_run_config
+from hpcbench.errors import ConfigError, HpcbenchError
+from hpcbench.rundir import RunDirectory
+from hpcbench.slurm.job import HydraSlurmJob
+from hpcbench.slurm.manifest import Manifest, ManifestJob
+from hpcbench.slurm.monitor import category, stderr_tail, wait_for
+from hpcbench.slurm.resources import SlurmRequest, derive_request
+from hpcbench.slurm.sbatch import sbatch_script
+
+log = logging.getLogger("hpcbench")
+
+
+@dataclass
+class LauncherOptions:
+    dry_run: bool
+    wait: bool
+    max_requeues: int
+    poll_interval_s: float
+    signal_delay_s: int
+    array_parallelism: int
+    job_name: str
+
+
+@dataclass
+class PlannedJob:
+    num: int
+    overrides: List[str]
+    run_dir: Path
+    request: SlurmRequest
+
+    @property
+    def label(self) -> str:
+        return f"#{self.num} {' '.join(filter_overrides(self.overrides))}"
+
+
+class SlurmSweepError(HpcbenchError):
+    """One or more jobs of the sweep failed."""
+
+
+def plan_job(hydra_context: HydraContext, master: DictConfig, num: int, overrides: Sequence[str]) -> PlannedJob:
+    """Compose this job's own config and derive its request; a ConfigError names the job."""
+    config = hydra_context.config_loader.load_sweep_config(master, list(overrides))
+    with open_dict(config.hydra):
+        config.hydra.job.num = num
+    HydraConfig.instance().set_config(config)  # `${hydra:...}` resolves against this job, as in run_job
+    run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+    job_config = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
+    try:
+        request = derive_request(to_run_config(job_config))
+    except ConfigError as error:
+        raise ConfigError(f"job #{num} ({' '.join(filter_overrides(overrides))}): {error}") from None
+    return PlannedJob(num, list(overrides), run_dir, request)
+
+
+def group_by_request(jobs: List[PlannedJob]) -> Dict[SlurmRequest, List[PlannedJob]]:
+    """Jobs with identical requests go into one job array."""
+    groups: Dict[SlurmRequest, List[PlannedJob]] = {}
+    for job in jobs:
+        groups.setdefault(job.request, []).append(job)
+    return groups
+
+
+def _job_return(job: PlannedJob, status: JobStatus, value: Any) -> JobReturn:
+    result = JobReturn(overrides=job.overrides, working_dir=str(job.run_dir), task_name="hpcbench")
+    result.status = status
+    result.return_value = value
+    return result
+
+
+def print_dry_run(groups: Dict[SlurmRequest, List[PlannedJob]], folder: Path, options: LauncherOptions) -> None:
+    out = sys.stdout
+    out.write(f"Dry run: {sum(len(g) for g in groups.values())} job(s) in {len(groups)} array(s); nothing is submitted.\n")
+    for request, jobs in groups.items():
+        script = sbatch_script(request, options.job_name, folder, len(jobs) if len(jobs) > 1 else None,
+                               options.signal_delay_s)
+        for job in jobs:
+            out.write(f"\n{job.label}\n  resources: {request.describe()}\n  run dir:   {job.run_dir}\n")
+            out.write("  sbatch script:\n" + "".join(f"    {line}\n" for line in script.splitlines()))
+    out.flush()
+
+
+class SlurmSweep:
+    def __init__(self, options: LauncherOptions, hydra_context: HydraContext, task_function: TaskFunction,
+                 config: DictConfig):
+        self.options, self.hydra_context, self.task_function, self.config = options, hydra_context, task_function, config
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.folder = self.sweep_dir / ".submitit" / "%j"
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
+        planned = [plan_job(self.hydra_context, self.config, initial_job_idx + i, overrides)
+                   for i, overrides in enumerate(job_overrides)]  # every job checked before any is submitted
+        groups = group_by_request(planned)
+        if self.options.dry_run:
+            print_dry_run(groups, self.folder, self.options)
+            return [_job_return(job, JobStatus.COMPLETED, None) for job in planned]
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        submitted = self._submit(groups)
+        manifest = Manifest(str(self.sweep_dir), datetime.now().isoformat(timespec="seconds"),
+                            [ManifestJob(job.num, job.overrides, str(job.run_dir), handle.job_id, job.request.as_dict())
+                             for job, handle in submitted])
+        manifest.write()
+        if not self.options.wait:
+            log.info("submitted %d job(s); follow them with: hpcbench-status %s", len(submitted), self.sweep_dir)
+            return [_job_return(job, JobStatus.COMPLETED, None) for job, _ in submitted]
+        states = wait_for([handle for _, handle in submitted], self.options.poll_interval_s)
+        return self._results(submitted, states, manifest)
+
+    def _submit(self, groups: Dict[SlurmRequest, List[PlannedJob]]) -> List[tuple]:
+        import submitit  # lazy: Hydra imports launcher plugins at every start
+
+        callable_job = HydraSlurmJob(self.hydra_context, self.task_function, self.config)
+        submitted = []
+        for request, jobs in groups.items():
+            executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=self.options.max_requeues)
+            executor.update_parameters(signal_delay_s=self.options.signal_delay_s,
+                                       array_parallelism=self.options.array_parallelism,
+                                       **request.sbatch_parameters(self.options.job_name))
+            handles = executor.map_array(callable_job, [job.overrides for job in jobs], [job.num for job in jobs],
+                                         [Singleton.get_state()] * len(jobs))
+            for job, handle in zip(jobs, handles, strict=True):
+                log.info("%s -> Slurm job %s (%s)", job.label, handle.job_id, request.describe())
+                submitted.append((job, handle))
+        return submitted
+
+    def _results(self, submitted: List[tuple], states: Dict[str, str], manifest: Manifest) -> List[JobReturn]:
+        returns, failures = [], []
+        for (job, handle), entry in zip(submitted, manifest.jobs, strict=True):
+            entry.state = states[handle.job_id]
+            error = handle.exception() if category(entry.state) == "done" else None
+            if category(entry.state) == "done" and error is None:
+                returns.append(handle.results()[0])
+                continue
+            entry.error = f"Slurm job {handle.job_id} {entry.state}"
+            failures.append(f"{job.label}: Slurm job {handle.job_id} ended {entry.state}; stderr tail:\n"
+                            + stderr_tail(handle))
+            if job.run_dir.is_dir():
+                RunDirectory(job.run_dir).mark_failed_if_running(entry.error)
+            returns.append(_job_return(job, JobStatus.FAILED, SlurmSweepError(
+                f"{job.label}: {entry.error} (all jobs: hpcbench-status {self.sweep_dir})")))
+        manifest.write()
+        for failure in failures:  # on stderr whatever Hydra's logging config says
+            sys.stderr.write(f"FAILED {failure}\n")
+        return returns

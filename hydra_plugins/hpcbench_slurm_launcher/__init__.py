@@ -1,0 +1,1 @@
+"""hpcbench's Slurm launcher for Hydra: `hydra/launcher=slurm`."""

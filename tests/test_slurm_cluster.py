@@ -1,0 +1,131 @@
+"""The Slurm launcher on a real cluster (tests/slurm/cluster.sh; .ci/run starts it).
+
+Skipped with a reason on a developer machine without a running cluster; under CI (CI=true) a
+missing cluster is a failure, never a skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY, read_json, run_cli
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def _cluster_is_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    result = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    return result.returncode == 0 and ("idle" in result.stdout or "mix" in result.stdout)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster():
+    if not _cluster_is_up():
+        if os.environ.get("CI"):
+            pytest.fail("no Slurm cluster is running: .ci/run must start it (tests/slurm/cluster.sh start)")
+        pytest.skip("no Slurm cluster here; start one with: tests/slurm/cluster.sh start")
+
+
+SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=1", "hardware=ci_slurm", *TINY, "train.epochs=1"]
+
+
+def _sacct(job_id: str, field: str) -> str:
+    result = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job_id, f"--format={field}"], capture_output=True,
+                            text=True, timeout=30)
+    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
+
+
+def _manifest(sweep: Path) -> dict:
+    return json.loads((sweep / "manifest.json").read_text())
+
+
+def _job_count() -> int:
+    result = subprocess.run(["sacct", "-n", "-X", "-a", "-S", "2000-01-01", "--format=JobID"], capture_output=True,
+                            text=True, timeout=30)
+    return len(result.stdout.split())
+
+
+def test_one_multirun_submits_cpu_and_ddp_jobs_with_their_own_resources(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli([*SLURM, "mode=cpu,ddp", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    jobs = {job["num"]: job for job in _manifest(sweep)["jobs"]}
+    cpu, ddp = jobs[0], jobs[1]
+    # What Slurm itself recorded for each job: 1 task vs 2 tasks.
+    assert _sacct(cpu["slurm_job_id"], "NTasks") in ("", "1") and _sacct(cpu["slurm_job_id"], "State") == "COMPLETED"
+    assert _sacct(ddp["slurm_job_id"], "State") == "COMPLETED"
+    steps = subprocess.run(["sacct", "-n", "-P", "-j", ddp["slurm_job_id"], "--format=JobID,NTasks"], capture_output=True,
+                           text=True, timeout=30).stdout
+    assert any(line.split("|")[1] == "2" for line in steps.splitlines() if "|" in line), steps
+    assert (cpu["request"]["tasks_per_node"], ddp["request"]["tasks_per_node"]) == (1, 2)
+    for run_dir, world in [(sweep / "0", 1), (sweep / "1", 2)]:
+        summary = read_json(run_dir / "summary.json")
+        assert (summary["status"], summary["world_size"]) == ("completed", world)
+        for name in ("metrics.jsonl", "env.json", "resolved_config.yaml", ".hydra/config.yaml", "checkpoints/best.pt"):
+            assert (run_dir / name).exists(), (run_dir, name)
+    assert read_json(sweep / "1" / "env.json")["slurm"]["SLURM_JOB_ID"]
+
+
+def _image_folder(root: Path) -> Path:
+    for split in ("train", "test"):
+        for label, colour in enumerate([(250, 0, 0), (0, 0, 250)]):
+            for i in range(8):
+                path = root / split / f"class{label}" / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (32, 32), tuple(max(0, c - 10 * i) for c in colour)).save(path)
+    return root
+
+
+def test_a_failing_job_is_reported_and_the_others_finish(tmp_path):
+    good = _image_folder(tmp_path / "images")
+    sweep = tmp_path / "sweep"
+    result = run_cli([*SLURM, "mode=cpu", "data=image_folder", "data.limit_train=16", "data.limit_test=16",
+                      f"data.root={tmp_path / 'missing'},{good}", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
+    assert result.returncode != 0
+    jobs = {job["num"]: job for job in _manifest(sweep)["jobs"]}
+    failed_id = jobs[0]["slurm_job_id"]
+    assert jobs[0]["state"] == "FAILED" and jobs[0]["error"] == f"Slurm job {failed_id} FAILED"
+    assert jobs[1]["state"] == "COMPLETED"
+    assert f"Slurm job {failed_id} ended FAILED; stderr tail:" in result.stderr
+    assert "missing/train does not exist" in result.stderr  # the job's own stderr, quoted
+    assert read_json(sweep / "0" / "summary.json")["status"] == "failed"
+    assert read_json(sweep / "1" / "summary.json")["status"] == "completed"
+
+
+@pytest.mark.parametrize("overrides", [["mode=cpu,ddp", "mode.ranks=1,8"], ["mode=cpu", "hardware.cpu_partition=gpu"]])
+def test_impossible_requests_are_refused_before_anything_is_submitted(tmp_path, overrides):
+    before = _job_count()
+    result = run_cli([*SLURM, *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "hpcbench-train: error: job #" in result.stderr
+    assert _job_count() == before
+    assert not (tmp_path / "sweep" / "manifest.json").exists()
+
+
+def test_submit_without_waiting_then_follow_with_status(tmp_path):
+    sweep = tmp_path / "sweep"
+    started = time.monotonic()
+    result = run_cli([*SLURM, "hydra.launcher.wait=false", "mode=cpu,ddp", f"hydra.sweep.dir={sweep}"], tmp_path,
+                     timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"hpcbench-status {sweep}" in result.stdout  # Hydra logs the launcher to stdout
+    assert len(_manifest(sweep)["jobs"]) == 2
+    status = None
+    while time.monotonic() - started < 300:
+        status = subprocess.run([sys.executable, "-m", "hpcbench.slurm.status", str(sweep)], capture_output=True,
+                                text=True, timeout=60)
+        if status.stdout.count("COMPLETED") == 2:
+            break
+        time.sleep(2)
+    assert status is not None and status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.count("completed 1/1 epochs") == 2
+    assert {job["state"] for job in _manifest(sweep)["jobs"]} == {"COMPLETED"}

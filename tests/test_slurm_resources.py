@@ -1,0 +1,111 @@
+"""The Slurm launcher without a cluster: discovery, per-job resources, capacity checks, sbatch text."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import TINY, compose_run, run_cli
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+
+from hpcbench.errors import ConfigError
+from hpcbench.slurm.resources import derive_request
+from hpcbench.slurm.sbatch import sbatch_script
+
+EXPECTED = Path(__file__).parent / "slurm" / "expected"
+FOLDER = Path("/scratch/sweep/.submitit/%j")
+PYTHON = "/opt/hpcbench/bin/python"
+
+
+def test_the_launcher_plugin_is_discovered(tmp_path):
+    names = [plugin.__name__ for plugin in Plugins.instance().discover(Launcher)]
+    assert "SlurmLauncher" in names
+    result = run_cli(["--info", "plugins"], tmp_path, timeout=120)
+    assert "SlurmLauncher" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["hardware=param_utkarsh", "mode=cpu"], dict(partition="cpu", nodes=1, tasks_per_node=1, cpus_per_task=40,
+                                                       gpus_per_node=0, mem_gb=192, srun_mpi=None)),
+        (["hardware=param_utkarsh", "mode=gpu"], dict(partition="gpu", tasks_per_node=1, cpus_per_task=20,
+                                                       gpus_per_node=1, gpu_type="v100", mem_gb=96)),
+        (["hardware=param_utkarsh", "mode=ddp"], dict(partition="gpu", nodes=1, tasks_per_node=2, cpus_per_task=20,
+                                                       gpus_per_node=2, mem_gb=192, srun_mpi="pmi2")),
+        (["hardware=param_utkarsh", "mode=ddp", "mode.ranks=8", "mode.nodes=4"],
+         dict(nodes=4, tasks_per_node=2, gpus_per_node=2)),
+        (["hardware=param_utkarsh", "mode=ddp", "mode.device=cpu", "mode.ranks=4"],
+         dict(partition="cpu", tasks_per_node=4, cpus_per_task=10, gpus_per_node=0)),
+        (["experiment=original_study", "+original_study=serial_cpu"], dict(partition="cpu", cpus_per_task=4, mem_gb=19)),
+        (["hardware=ci_slurm", "mode=cpu"], dict(partition="debug", cpus_per_task=1, mem_gb=2, time_min=30)),
+        (["hardware=ci_slurm", "mode=ddp"], dict(partition="debug", tasks_per_node=2, cpus_per_task=1, mem_gb=4,
+                                                  srun_mpi="pmi2")),
+    ],
+)
+def test_each_job_gets_the_resources_its_own_config_needs(overrides, expected):
+    request = derive_request(compose_run(overrides))
+    assert {key: getattr(request, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["hardware=param_utkarsh", "mode=ddp", "mode.ranks=4"], "needs 4 GPUs per node, but partition gpu of hardware=param_utkarsh has 2; use mode.nodes=2"),
+        (["hardware=param_utkarsh", "mode=cpu", "mode.cpus_per_rank=64"], "need 64 cores per node, but partition cpu of hardware=param_utkarsh has 40"),
+        (["hardware=param_utkarsh", "hardware.cpu_partition=bigmem"], "hardware.cpu_partition=bigmem is not a partition of hardware=param_utkarsh (it has: cpu, gpu)"),
+        (["hardware=ci_slurm", "mode=gpu"], "needs GPUs, but partition debug of hardware=ci_slurm has none"),
+        (["hardware=ci_slurm", "mode=ddp", "mode.ranks=8"], "need 8 cores per node, but partition debug of hardware=ci_slurm has 4"),
+        (["hardware=param_utkarsh", "mode=ddp", "mode.ranks=160", "mode.nodes=80"], "exceeds the 8 node(s)"),
+        (["hardware=param_utkarsh", "hardware.time_limit_min=9000"], "exceeds the 4320 min limit"),
+    ],
+)
+def test_requests_the_profile_cannot_hold_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        derive_request(compose_run(overrides))
+
+
+CASES = {
+    "param_utkarsh_cpu": ["hardware=param_utkarsh", "mode=cpu"],
+    "param_utkarsh_gpu": ["hardware=param_utkarsh", "mode=gpu"],
+    "param_utkarsh_ddp_2x2": ["hardware=param_utkarsh", "mode=ddp", "mode.ranks=4", "mode.nodes=2"],
+    "ci_slurm_cpu": ["hardware=ci_slurm", "mode=cpu"],
+    "ci_slurm_ddp": ["hardware=ci_slurm", "mode=ddp"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sbatch_scripts_match_the_recorded_files(case):
+    request = derive_request(compose_run(CASES[case]))
+    text = sbatch_script(request, "hpcbench", FOLDER, array_size=3, python=PYTHON)
+    expected = EXPECTED / f"{case}.sbatch"
+    if os.environ.get("HPCBENCH_RECORD_SBATCH") == "1":  # re-record after a deliberate change; review the diff
+        expected.parent.mkdir(parents=True, exist_ok=True)
+        expected.write_text(text)
+    assert text == expected.read_text()
+
+
+def test_dry_run_prints_every_job_and_submits_nothing(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.dry_run=true", "hardware=param_utkarsh",
+                      "mode=cpu,gpu,ddp", f"hydra.sweep.dir={sweep}", *TINY], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Dry run: 3 job(s) in 3 array(s); nothing is submitted." in out
+    for mode, resources in [("cpu", "partition=cpu nodes=1 tasks/node=1 cpus/task=40"),
+                            ("gpu", "partition=gpu nodes=1 tasks/node=1 cpus/task=20, 1 GPU(s)/node"),
+                            ("ddp", "partition=gpu nodes=1 tasks/node=2 cpus/task=20, 2 GPU(s)/node")]:
+        assert f"hardware=param_utkarsh mode={mode}" in out
+        assert resources in out
+    assert out.count("#!/bin/bash") == 3 and "#SBATCH --gres=gpu:v100:2" in out and "--mpi=pmi2" in out
+    assert "module load miniconda3 cuda/11.8 mpich/4.1" in out
+    assert not (sweep / "manifest.json").exists() and not (sweep / ".submitit").exists()
+
+
+def test_a_sweep_with_one_impossible_job_is_refused_whole(tmp_path):
+    result = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.dry_run=true", "hardware=param_utkarsh",
+                      "mode=ddp", "mode.ranks=2,4", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("hpcbench-train: error: job #1 (hardware=param_utkarsh mode=ddp mode.ranks=4)")
+    assert "Dry run" not in result.stdout
