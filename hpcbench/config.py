@@ -107,6 +107,7 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = True  # torch deterministic algorithms (bit-identical reruns on CPU)
     save_checkpoints: bool = True
+    resume: bool = True  # a run directory holding checkpoints/last.pt continues from it
 
 
 @dataclass

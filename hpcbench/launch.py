@@ -15,6 +15,7 @@ from typing import List
 from hpcbench.config import RunConfig
 from hpcbench.errors import ConfigError, HpcbenchError
 from hpcbench.rundir import RunDirectory
+from hpcbench.slurm.resources import derive_request
 
 log = logging.getLogger("hpcbench")
 
@@ -51,6 +52,7 @@ def worker_command(run_dir: Path) -> List[str]:
 
 def launch_ranks(run: RunConfig, out_dir: Path) -> None:
     """Run the DDP ranks under MPI; they read the config from, and write into, `out_dir`."""
+    derive_request(run)  # refuses more ranks, cores or GPUs than the hardware profile has
     run_dir = RunDirectory(out_dir)
     run_dir.write_config(run)
     command = mpi_command(run, worker_command(out_dir))

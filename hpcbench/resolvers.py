@@ -15,6 +15,12 @@ def run_stamp() -> str:
     return os.environ.get(RUN_STAMP_ENV) or datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
 
 
+def cwd() -> str:
+    """The directory hpcbench-train was started in. (Hydra's `${hydra:runtime.cwd}` is not set
+    yet when a multirun resolves its sweep directory.)"""
+    return os.getcwd()
+
+
 def cpu_count() -> int:
     """Cores this process may use (its affinity mask, not the whole machine)."""
     return len(os.sched_getaffinity(0))
@@ -39,6 +45,7 @@ def memory_gb() -> int:
 def register_resolvers() -> None:
     # use_cache: every read of a stamp within one config gives the same value.
     OmegaConf.register_new_resolver("hpcbench.run_stamp", run_stamp, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("hpcbench.cwd", cwd, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("hpcbench.cpu_count", cpu_count, replace=True)
     OmegaConf.register_new_resolver("hpcbench.cuda_device_count", cuda_device_count, replace=True)
     OmegaConf.register_new_resolver("hpcbench.local_accelerator", local_accelerator, replace=True)

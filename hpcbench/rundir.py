@@ -52,7 +52,7 @@ class EpochMetrics:
 
 @dataclass
 class RunSummary:
-    status: str  # running | completed | failed
+    status: str  # running | completed | failed | diverged | interrupted
     mode: str
     device: str
     world_size: int
@@ -68,7 +68,7 @@ class RunSummary:
     train_images: int = 0  # known once the data set is open
     test_images: int = 0
     epochs: int = 0  # epochs completed
-    total_time_s: float = 0.0  # wall clock from the first epoch to the end, evaluation included
+    total_time_s: float = 0.0  # wall clock of the work done, summed over restarts, evaluation included
     train_time_s: float = 0.0
     samples_per_s: float = 0.0  # median over epochs
     best_test_acc: Optional[float] = None
@@ -79,11 +79,17 @@ class RunSummary:
     started_at: str = ""
     finished_at: Optional[str] = None
     error: Optional[str] = None
+    diverged_epoch: Optional[int] = None
+    restarts: int = 0  # times the run was resumed from a checkpoint
+    resumed_from_epochs: List[int] = field(default_factory=list)
     classes: List[str] = field(default_factory=list)
     hostname: str = ""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, keep_previous: Optional[Path] = None) -> None:
+    """Write a temporary file beside `path`, fsync it, rename it over `path`. With
+    `keep_previous`, the old `path` is first renamed there: at every moment one complete
+    version exists under one of the two names."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -91,6 +97,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -130,9 +138,10 @@ class RunDirectory:
             summary.update(status="failed", error=error)
             self.write_json(SUMMARY, summary)
 
-    def save_checkpoint(self, name: str, state: Dict[str, Any]) -> None:
-        buffer = _serialize(state)
-        atomic_write_bytes(self.checkpoint_path(name), buffer)
+    def save_checkpoint(self, name: str, state: Dict[str, Any], previous: Optional[str] = None) -> None:
+        """Save `state` as checkpoints/NAME.pt; with `previous`, the old one becomes PREVIOUS.pt."""
+        keep = self.checkpoint_path(previous) if previous else None
+        atomic_write_bytes(self.checkpoint_path(name), _serialize(state), keep_previous=keep)
 
 
 def _serialize(state: Dict[str, Any]) -> bytes:

@@ -11,7 +11,7 @@ import resource
 import socket
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -22,6 +22,16 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from hpcbench.checkpoint import (
+    BEST,
+    LAST,
+    PREVIOUS,
+    CheckpointError,
+    find_resume_checkpoint,
+    restore_rng_state,
+    rng_state,
+    safe_load,
+)
 from hpcbench.config import RunConfig, global_batch, per_device_batch
 from hpcbench.data.loaders import DataPipeline, build_pil_pipeline
 from hpcbench.distributed import (
@@ -35,15 +45,17 @@ from hpcbench.distributed import (
     threads_per_rank,
 )
 from hpcbench.environment import collect_environment
-from hpcbench.errors import DeviceError
+from hpcbench.errors import DeviceError, HpcbenchError
 from hpcbench.models import build_model, check_pretrained_available
 from hpcbench.progress import ProgressBar
-from hpcbench.rundir import EpochMetrics, RunDirectory, RunSummary
+from hpcbench.rundir import CHECKPOINTS, EpochMetrics, RunDirectory, RunSummary, read_summary
 from hpcbench.schedule import LearningRateSchedule
+from hpcbench.signals import Interrupted, StopFlag, stop_on_signals
 
 log = logging.getLogger("hpcbench")
 
 TIMING_WARMUP_STEPS = 2  # steps per epoch left out of samples_per_s (allocator, worker start-up)
+DIVERGENCE_CHECK_STEPS = 20  # steps between checks for a non-finite loss
 
 
 def seed_everything(seed: int) -> None:
@@ -95,6 +107,13 @@ class EpochResult:
     samples_per_s: float = 0.0
 
 
+def _stop_if_diverged(nonfinite: torch.Tensor, topology: Topology, epoch: int) -> None:
+    """One host sync (and one tiny all-reduce) every DIVERGENCE_CHECK_STEPS steps, so every
+    rank stops together within that many steps of the first non-finite loss."""
+    if all_reduce_sum(nonfinite.clone(), topology).item() > 0:
+        raise Diverged(epoch)
+
+
 def _totals_to_result(totals: torch.Tensor, topology: Topology) -> tuple[float, float]:
     """(mean loss, accuracy) from summed (loss, correct, count) of every rank."""
     loss_sum, correct, count = all_reduce_sum(totals, topology).tolist()
@@ -110,12 +129,14 @@ def train_one_epoch(
     device: torch.device,
     topology: Topology,
     label: str,
+    stop: StopFlag,
 ) -> EpochResult:
     model.train()
     criterion = nn.CrossEntropyLoss()
     loader = pipeline.train_loader
     # (loss sum, correct, count) stay on the device: no .item() and no host sync per step.
     totals = torch.zeros(3, dtype=torch.float64, device=device)
+    nonfinite = torch.zeros(1, dtype=torch.float64, device=device)  # > 0 once a loss was NaN or inf
     progress = ProgressBar(len(loader), label, topology.is_main, loader.batch_size or 1)
     data_time, measured_images, measure_start = 0.0, 0, None
     start = time.perf_counter()
@@ -135,12 +156,16 @@ def train_one_epoch(
         with torch.no_grad():
             count = labels.new_tensor(labels.numel(), dtype=torch.float64)
             totals += torch.stack([loss.detach().double() * count, (logits.argmax(1) == labels).sum().double(), count])
+            nonfinite += (~torch.isfinite(loss.detach())).double()
+        if step % DIVERGENCE_CHECK_STEPS == 0 or step == len(loader):
+            _stop_if_diverged(nonfinite, topology, epoch)
         if step == TIMING_WARMUP_STEPS:
             synchronize(device)
             measure_start = time.perf_counter()
         elif step > TIMING_WARMUP_STEPS:
             measured_images += labels.numel()
         progress.update(step)
+        stop.check()
     synchronize(device)
     end = time.perf_counter()
     progress.close()
@@ -173,16 +198,26 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+class Diverged(HpcbenchError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"training diverged in epoch {epoch} (non-finite loss); lower train.lr")
+        self.epoch = epoch
+
+
 class Run:
-    """State and bookkeeping of one training run."""
+    """State and bookkeeping of one training run: summary, metrics, checkpoints, resume."""
 
     def __init__(self, run: RunConfig, out_dir: Path, topology: Topology):
         """Write the config, environment and a `running` summary before anything can fail, so
         every failure after this point is recorded in summary.json."""
         self.cfg, self.topology = run, topology
         self.run_dir = RunDirectory(out_dir) if topology.is_main else None
+        self.checkpoint_dir = Path(out_dir) / CHECKPOINTS
         self.history: List[EpochMetrics] = []
         self.started = time.perf_counter()
+        self.elapsed_before_s = 0.0  # work done by earlier attempts of this run
         self.summary = RunSummary(
             status="running",
             mode=run.mode.name,
@@ -214,32 +249,97 @@ class Run:
         self.summary.classes = pipeline.classes
         self.write()
 
-    def record_epoch(self, metrics: EpochMetrics, model: nn.Module, classes: List[str]) -> None:
-        self.history.append(metrics)
+    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        """Restore the latest checkpoint if there is one; returns the first epoch to train."""
+        if not self.cfg.train.resume:
+            return 1
+        checkpoint = self._agreed_checkpoint()
+        if checkpoint is None:
+            return 1
+        unwrap(model).load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_rng_state(checkpoint["rng"][self.topology.rank])
+        self.history = [EpochMetrics(**m) for m in checkpoint["history"]]
+        self.elapsed_before_s = checkpoint["elapsed_s"]
         summary = self.summary
-        improved = summary.best_test_acc is None or metrics.test_acc > summary.best_test_acc
-        summary.epochs = metrics.epoch
-        summary.total_time_s = time.perf_counter() - self.started
-        summary.train_time_s = sum(m.train_time_s for m in self.history)
-        summary.samples_per_s = statistics.median(m.samples_per_s for m in self.history)
-        summary.final_test_acc, summary.final_test_loss = metrics.test_acc, metrics.test_loss
-        summary.peak_memory_mb = max(m.peak_memory_mb for m in self.history)
-        if improved:
-            summary.best_test_acc, summary.best_epoch = metrics.test_acc, metrics.epoch
+        summary.restarts = checkpoint["restarts"] + 1
+        summary.resumed_from_epochs = [*checkpoint["resumed_from_epochs"], checkpoint["epoch"]]
+        self._update_summary()
+        self.write()
+        if self.topology.is_main:
+            log.info("resuming after epoch %d from %s (restart %d)", checkpoint["epoch"],
+                     self.checkpoint_dir / "last.pt", summary.restarts)
+        return checkpoint["epoch"] + 1
+
+    def _agreed_checkpoint(self) -> Optional[dict]:
+        """Rank 0 picks the checkpoint (last or previous); every rank loads that same file."""
+        choice = None
+        if self.topology.is_main:
+            found = find_resume_checkpoint(self.checkpoint_dir, self.cfg)
+            choice = found["epoch"] if found is not None else None
+        if self.topology.distributed:
+            box = [choice]
+            torch.distributed.broadcast_object_list(box, src=0)
+            choice = box[0]
+        if choice is None:
+            return None
+        for name in ("last", "last.prev"):
+            path = self.checkpoint_dir / f"{name}.pt"
+            if path.is_file():
+                try:
+                    state = safe_load(path)
+                except CheckpointError:
+                    continue
+                if state.get("epoch") == choice:
+                    return state
+        raise CheckpointError(f"rank {self.topology.rank} cannot read the checkpoint of epoch {choice} in {self.checkpoint_dir}")
+
+    def _update_summary(self) -> None:
+        summary, history = self.summary, self.history
+        if not history:
+            return
+        best = max(history, key=lambda m: (m.test_acc, -m.epoch))
+        last = history[-1]
+        summary.epochs = last.epoch
+        summary.total_time_s = self.elapsed_before_s + time.perf_counter() - self.started
+        summary.train_time_s = sum(m.train_time_s for m in history)
+        summary.samples_per_s = statistics.median(m.samples_per_s for m in history)
+        summary.final_test_acc, summary.final_test_loss = last.test_acc, last.test_loss
+        summary.peak_memory_mb = max(m.peak_memory_mb for m in history)
+        summary.best_test_acc, summary.best_epoch = best.test_acc, best.epoch
+
+    def record_epoch(self, metrics: EpochMetrics, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     classes: List[str]) -> None:
+        previous_best = self.summary.best_test_acc
+        self.history.append(metrics)
+        self._update_summary()
+        rngs = [rng_state()]
+        if self.topology.distributed:  # every rank's RNG states, kept by rank 0
+            rngs = [None] * self.topology.world_size
+            torch.distributed.all_gather_object(rngs, rng_state())
         if self.run_dir is None:
             return
         self.run_dir.write_metrics(self.history)
         if self.cfg.train.save_checkpoints:
-            state = {
+            weights = {
                 "model": unwrap(model).state_dict(),
                 "epoch": metrics.epoch,
                 "test_acc": metrics.test_acc,
                 "classes": classes,
                 "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
             }
-            self.run_dir.save_checkpoint("last", state)
-            if improved:
-                self.run_dir.save_checkpoint("best", state)
+            resumable = {
+                **weights,
+                "optimizer": optimizer.state_dict(),
+                "history": [asdict(m) for m in self.history],
+                "rng": rngs,
+                "elapsed_s": self.summary.total_time_s,
+                "restarts": self.summary.restarts,
+                "resumed_from_epochs": self.summary.resumed_from_epochs,
+            }
+            self.run_dir.save_checkpoint(LAST, resumable, previous=PREVIOUS)
+            if previous_best is None or metrics.test_acc > previous_best:
+                self.run_dir.save_checkpoint(BEST, weights)
         self.write()
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
@@ -255,8 +355,27 @@ def build_training_model(cfg: RunConfig, num_classes: int, device: torch.device,
     return model
 
 
+def already_completed(cfg: RunConfig, out_dir: Path) -> Optional[RunSummary]:
+    """The summary of a run that finished in `out_dir` before: it is not trained again."""
+    summary = read_summary(out_dir)
+    if (cfg.train.resume and summary.get("status") == "completed"
+            and summary.get("epochs") == cfg.train.epochs and (Path(out_dir) / CHECKPOINTS / "last.pt").is_file()):
+        return RunSummary(**summary)
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
 def train(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSummary:
     """Train `cfg` and write the run directory `out_dir` (rank 0). Returns the final summary."""
+    done = already_completed(cfg, out_dir)
+    if done is not None:
+        if topology.is_main:
+            log.info("%s already holds a completed run (%d epochs): not training it again", out_dir, done.epochs)
+        return done
     state = Run(cfg, out_dir, topology)
     try:
         device = select_device(cfg, topology)
@@ -268,30 +387,40 @@ def train(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSumm
         torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
         pipeline = build_pil_pipeline(cfg, topology.rank, topology.world_size)
         state.data_ready(pipeline)
-        _fit(cfg, state, pipeline, device, topology)
-    except BaseException as error:  # KeyboardInterrupt and SystemExit too: never leave "running"
-        state.finish("failed", f"{type(error).__name__}: {str(error).splitlines()[-1] if str(error) else ''}")
+        with stop_on_signals() as stop:
+            _fit(cfg, state, pipeline, device, topology, stop)
+    except Diverged as error:
+        state.summary.diverged_epoch = error.epoch
+        state.finish("diverged", str(error))
+        raise
+    except (Interrupted, KeyboardInterrupt, SystemExit) as error:  # resumable from the last checkpoint
+        state.finish("interrupted", _one_line(error))
+        raise
+    except BaseException as error:
+        state.finish("failed", _one_line(error))
         raise
     state.finish("completed")
     return state.summary
 
 
-def _fit(cfg: RunConfig, state: Run, pipeline: DataPipeline, device: torch.device, topology: Topology) -> None:
+def _fit(cfg: RunConfig, state: Run, pipeline: DataPipeline, device: torch.device, topology: Topology,
+         stop: StopFlag) -> None:
     model = build_training_model(cfg, len(pipeline.classes), device, topology)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     schedule = LearningRateSchedule.for_run(cfg, len(pipeline.train_loader))
+    first_epoch = state.resume(model, optimizer)
     if topology.is_main:
         log.info(
-            "training %s on %s: %d ranks x batch %d, %d train / %d test images at %d px, %d epochs",
+            "training %s on %s: %d ranks x batch %d, %d train / %d test images at %d px, epochs %d-%d",
             cfg.model.name, device, topology.world_size, per_device_batch(cfg), pipeline.num_train,
-            pipeline.num_test, cfg.data.image_size, cfg.train.epochs,
+            pipeline.num_test, cfg.data.image_size, first_epoch, cfg.train.epochs,
         )
-    for epoch in range(1, cfg.train.epochs + 1):
+    for epoch in range(first_epoch, cfg.train.epochs + 1):
         pipeline.set_epoch(epoch, cfg.train.seed)
         seed_everything(epoch_seed(cfg.train.seed, epoch, topology.rank))
         lr = schedule.at(epoch)
         label = f"epoch {epoch}/{cfg.train.epochs}"
-        trained = train_one_epoch(model, pipeline, optimizer, schedule, epoch, device, topology, label)
+        trained = train_one_epoch(model, pipeline, optimizer, schedule, epoch, device, topology, label, stop)
         tested = evaluate(model, pipeline.test_loader, device, topology)
         metrics = EpochMetrics(
             epoch=epoch,
@@ -308,7 +437,7 @@ def _fit(cfg: RunConfig, state: Run, pipeline: DataPipeline, device: torch.devic
             samples_per_s=trained.samples_per_s,
             peak_memory_mb=peak_memory_mb(device),
         )
-        state.record_epoch(metrics, model, pipeline.classes)
+        state.record_epoch(metrics, model, optimizer, pipeline.classes)
         if topology.is_main:
             log.info(
                 "%s train_loss %.4f train_acc %.4f test_loss %.4f test_acc %.4f lr %.1e %.1fs %.1f img/s",

@@ -34,10 +34,9 @@ register_schemas()
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """The config Hydra would compose for `hpcbench-train OVERRIDES` (paths.root_dir set, since
-    compose() has no runtime cwd)."""
+    """The config Hydra would compose for `hpcbench-train OVERRIDES`."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, f"paths.root_dir={Path.cwd()}"])
+        return compose(config_name="train", overrides=overrides)
 
 
 def compose_run(overrides: list[str]) -> RunConfig:

@@ -129,3 +129,39 @@ def test_submit_without_waiting_then_follow_with_status(tmp_path):
     assert status is not None and status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.count("completed 1/1 epochs") == 2
     assert {job["state"] for job in _manifest(sweep)["jobs"]} == {"COMPLETED"}
+
+
+@pytest.mark.parametrize("mode", ["cpu", "ddp"])
+def test_a_requeued_job_resumes_and_ends_with_the_uninterrupted_metrics(tmp_path, mode):
+    """A DDP job is requeued as a whole: every rank restarts and resumes from the same checkpoint."""
+    settings = [*SLURM, f"mode={mode}", "train.epochs=6", "data.limit_train=256"]
+    reference = tmp_path / "reference"
+    assert run_cli([*settings, f"hydra.sweep.dir={reference}"], tmp_path, timeout=600).returncode == 0
+
+    sweep = tmp_path / "sweep"
+    result = run_cli([*settings, "hydra.launcher.wait=false", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    job_id = _manifest(sweep)["jobs"][0]["slurm_job_id"]
+    metrics = sweep / "0" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 1):
+        assert time.monotonic() < deadline, "the job never finished an epoch"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+    # Slurm holds a requeued job back (BeginTime) for a while; let it start at once.
+    while "JobState=PENDING" not in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True,
+                                                   text=True, timeout=30).stdout:
+        assert time.monotonic() < deadline, "the requeued job never went back to PENDING"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+    while _sacct(job_id, "State") != "COMPLETED" or read_json(sweep / "0" / "summary.json")["status"] != "completed":
+        assert time.monotonic() < deadline + 300, f"requeued job {job_id} did not complete: {_sacct(job_id, 'State')}"
+        time.sleep(1)
+    summary = read_json(sweep / "0" / "summary.json")
+    assert summary["restarts"] >= 1
+    log = (sweep / "0" / "train.log").read_text()
+    assert "resuming after epoch" in log
+    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    resumed = [[m[k] for k in keys] for m in map(json.loads, metrics.read_text().splitlines())]
+    expected = [[m[k] for k in keys] for m in map(json.loads, (reference / "0" / "metrics.jsonl").read_text().splitlines())]
+    assert resumed == expected

@@ -1,0 +1,264 @@
+"""Resume after kills, safe loading, divergence, shell safety, bad input, concurrency."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, read_json, read_metrics, run_cli, run_dirs
+from PIL import Image
+
+from hpcbench.checkpoint import CheckpointError, safe_load
+from hpcbench.errors import WeightsError
+from hpcbench.models import build_model, pretrained_weights_path
+
+pytestmark = pytest.mark.slow
+
+COMPARED = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+THREE_EPOCHS = [*TINY, "train.epochs=3", "data.num_workers=1"]
+
+
+def _metrics(run_dir: Path) -> list[list]:
+    return [[m[k] for k in COMPARED] for m in read_metrics(run_dir)]
+
+
+def _env(tmp_path: Path) -> dict:
+    env = {**os.environ, "HPCBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def _wait_for_epochs(run_dir: Path, epochs: int, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Until `epochs` epochs are in metrics.jsonl and a checkpoint is written."""
+    deadline = time.monotonic() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= epochs
+               and (run_dir / "checkpoints" / "last.pt").is_file()):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended or stalled"
+        time.sleep(0.2)
+
+
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_metrics(tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    assert run_cli([*THREE_EPOCHS, f"hydra.run.dir={uninterrupted}"], tmp_path).returncode == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "hpcbench.train", *THREE_EPOCHS, f"hydra.run.dir={killed}"],
+                               cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    _wait_for_epochs(killed, 1, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert len(read_metrics(killed)) < 3
+
+    result = run_cli([*THREE_EPOCHS, f"hydra.run.dir={killed}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "resuming after epoch" in (killed / "train.log").read_text()
+    assert _metrics(killed) == _metrics(uninterrupted)
+    summary = read_json(killed / "summary.json")
+    assert summary["status"] == "completed" and summary["restarts"] == 1
+    assert summary["resumed_from_epochs"][0] in (1, 2)
+    assert summary["total_time_s"] >= sum(m["epoch_time_s"] for m in read_metrics(killed)) * 0.99
+    assert summary["best_test_acc"] == read_json(uninterrupted / "summary.json")["best_test_acc"]
+
+
+def test_a_completed_run_is_not_trained_again(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli([*TINY, f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    before = (run_dir / "metrics.jsonl").stat().st_mtime_ns
+    result = run_cli([*TINY, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 0
+    assert "already holds a completed run" in result.stderr
+    assert (run_dir / "metrics.jsonl").stat().st_mtime_ns == before
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    reference = tmp_path / "reference"
+    assert run_cli([*THREE_EPOCHS, f"hydra.run.dir={reference}"], tmp_path).returncode == 0
+    run_dir = tmp_path / "run"
+    assert run_cli([*THREE_EPOCHS, "train.epochs=2", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # a write cut short
+    result = run_cli([*THREE_EPOCHS, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    log = (run_dir / "train.log").read_text()
+    assert "truncated or corrupt" in log and "resuming after epoch 1" in log
+    assert _metrics(run_dir) == _metrics(reference)
+
+
+def test_unreadable_checkpoints_stop_the_run_instead_of_starting_over(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli([*TINY, f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    for name in ("last.pt", "last.prev.pt"):
+        (run_dir / "checkpoints" / name).write_bytes(b"garbage")
+    result = run_cli([*TINY, "train.epochs=3", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]  # after a logged warning per unreadable file
+    assert line.startswith("hpcbench-train: error: cannot resume") and "train.resume=false" in line
+    assert len(read_metrics(run_dir)) == 2  # the metrics already there are untouched
+
+
+class _Payload:
+    """Pickles to a call of os.system: what a malicious checkpoint carries."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Payload(marker)}, evil)
+    with pytest.raises(CheckpointError, match="not a plain checkpoint"):
+        safe_load(evil)
+    assert not marker.exists()
+
+    run_dir = tmp_path / "run"  # the same file as a run's checkpoint to resume from
+    (run_dir / "checkpoints").mkdir(parents=True)
+    evil.rename(run_dir / "checkpoints" / "last.pt")
+    result = run_cli([*TINY, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 1 and "not a plain checkpoint" in result.stderr
+    assert not marker.exists()
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # and as pretrained weights
+    weights = pretrained_weights_path("resnet18")
+    weights.parent.mkdir(parents=True)
+    torch.save({"fc.weight": _Payload(marker)}, weights)
+    with pytest.raises(WeightsError):
+        build_model("resnet18", 10, pretrained=True)
+    assert not marker.exists()
+
+
+def test_a_non_finite_loss_stops_the_run_as_diverged(tmp_path):
+    result = run_cli([*TINY, "train.lr=1e30"], tmp_path)
+    assert result.returncode == 1
+    assert "training diverged in epoch 1 (non-finite loss)" in result.stderr
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "diverged" and summary["diverged_epoch"] == 1
+
+
+def test_no_config_value_reaches_a_shell(tmp_path):
+    # The experiment name becomes part of the run directory, which is an argument of the MPI launch.
+    result = run_cli([*TINY, "train.epochs=1", "mode=ddp", "mode.device=cpu", "experiment_name='x; touch pwned'"],
+                     tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "pwned").exists()
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    assert run_dir.name.endswith("_x; touch pwned") and read_json(run_dir / "summary.json")["world_size"] == 2
+    # In a Slurm script every value is quoted.
+    result = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.dry_run=true", "hardware=ci_slurm",
+                      "hydra.launcher.job_name='x; touch pwned'", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert "#SBATCH --job-name='x; touch pwned'" in result.stdout
+    assert not (tmp_path / "pwned").exists()
+
+
+def _image_tree(root: Path, broken: bool = False) -> Path:
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (32, 32), (60 * i, 100, 0)).save(folder / f"{i}.jpg")
+    if broken:
+        (root / "train" / "b" / "9_broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return root
+
+
+def _empty_folder(tmp_path):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "test").mkdir()
+    return [f"data.root={tmp_path / 'empty'}", "data=image_folder"]
+
+
+def _class_without_images(tmp_path):
+    root = _image_tree(tmp_path / "tree")
+    (root / "train" / "c").mkdir()
+    return ["data=image_folder", f"data.root={root}"]
+
+
+def _corrupt_jpeg(tmp_path):
+    return ["data=image_folder", f"data.root={_image_tree(tmp_path / 'tree', broken=True)}", "data.limit_train=100"]
+
+
+def _different_model_checkpoint(tmp_path):
+    run_dir = tmp_path / "earlier"
+    assert run_cli([*TINY, "model=resnet18", "train.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    return [f"hydra.run.dir={run_dir}"]
+
+
+def _output_not_writable(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    return [f"hydra.run.dir={tmp_path / 'a_file' / 'run'}"]
+
+
+BAD_INPUT = [
+    ("unknown option", lambda t: ["mode=gpux"], 2, "Could not find 'mode/gpux'"),
+    ("misspelled key", lambda t: ["train.epoch=3"], 2, "Key 'epoch' not in 'TrainConfig'"),
+    ("wrong type", lambda t: ["train.epochs=three"], 2, "could not be converted to Integer"),
+    ("batch size 0", lambda t: ["batch_size.size=0"], 2, "batch_size.size must be positive, got 0"),
+    ("epochs -1", lambda t: ["train.epochs=-1"], 2, "train.epochs must be positive, got -1"),
+    ("global batch / ranks", lambda t: ["mode=ddp", "mode.ranks=3", "batch_size=global_64"], 2, "not divisible by mode.ranks=3"),
+    ("more ranks than cores", lambda t: ["mode=ddp", "mode.device=cpu", "mode.ranks=1000"], 2, "need 1000 cores per node"),
+    ("more GPUs than the profile", lambda t: ["mode=ddp", "mode.device=cuda"], 2, "has none"),
+    ("dataset missing offline", lambda t: ["data=cifar10", "data.download=false", f"data.root={t / 'c10'}"], 1, "CIFAR-10 is not in"),
+    ("empty image folder", _empty_folder, 1, "has no class folders"),
+    ("class without images", _class_without_images, 1, "train/c holds no images"),
+    ("corrupt jpeg", _corrupt_jpeg, 1, "9_broken.jpg"),
+    ("output not writable", _output_not_writable, 1, "Not a directory"),
+    ("checkpoint of another model", _different_model_checkpoint, 1, "model.name: 'resnet18' there, 'mobilenet_v2' now"),
+]
+
+
+@pytest.mark.parametrize(("case", "make_args", "code", "message"), BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_gets_one_clear_line_and_damages_nothing(tmp_path, case, make_args, code, message):
+    args = make_args(tmp_path)
+    earlier = tmp_path / "outputs" / "runs" / "earlier_run"  # something already written
+    earlier.mkdir(parents=True)
+    (earlier / "summary.json").write_text('{"status": "completed"}')
+    result = run_cli([*TINY, "train.epochs=3", *args], tmp_path)
+    assert result.returncode == code, result.stderr
+    # Log lines may come first (a broken image is found while training); the error is one line.
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hpcbench-train: error:") and message in last, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (earlier / "summary.json").read_text() == '{"status": "completed"}'
+
+
+def test_two_sweeps_started_together_write_distinct_directories(tmp_path):
+    command = [sys.executable, "-m", "hpcbench.train", "-m", *TINY, "train.epochs=1", "batch_size.size=16,32"]
+    sweeps = [subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [sweep.communicate(timeout=300)[1] for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], errors
+    directories = sorted((tmp_path / "outputs" / "sweeps").iterdir())
+    assert len(directories) == 2
+    for directory in directories:
+        assert sorted(read_json(d / "summary.json")["status"] for d in run_dirs(directory)) == ["completed"] * 2
+
+
+def test_the_report_reads_a_sweep_whose_jobs_still_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    process = subprocess.Popen([sys.executable, "-m", "hpcbench.train", "-m", *TINY, "train.epochs=1,50",
+                                f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=_env(tmp_path),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_epochs(sweep / "1", 1, process)
+        out = tmp_path / "report"
+        result = subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(sweep), "--out", str(out)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        report = (out / "report.md").read_text()
+        assert "Runs: 1 completed, 1 failed or incomplete" in report
+        assert "| sweep/1 | running |" in report
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
