@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-
 from hpcbench.errors import ConfigError
+
+# Hydra and OmegaConf are imported where they are used: the dataclasses alone (the benchmark,
+# a bare GPU machine) need neither.
 
 
 @dataclass
@@ -90,6 +90,7 @@ class DataConfig:
     limit_test: Optional[int] = None  # use only the first N test images, class-balanced
     num_workers: int = 2  # DataLoader worker processes per rank
     augment: bool = True  # the original study's training augmentation
+    pipeline: str = "tensor"  # tensor (device-resident, batched augmentation) | pil (the original study's)
     synthetic_train_size: int = 50000  # synthetic: images per split (CIFAR-10's sizes)
     synthetic_test_size: int = 10000
 
@@ -108,6 +109,9 @@ class TrainConfig:
     deterministic: bool = True  # torch deterministic algorithms (bit-identical reruns on CPU)
     save_checkpoints: bool = True
     resume: bool = True  # a run directory holding checkpoints/last.pt continues from it
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; GradScaler for fp16)
+    channels_last: Optional[bool] = None  # None: on (faster convolutions on CPUs and GPUs)
+    compile: bool = False  # torch.compile the model (GPU: faster after a compile of a minute or two)
 
 
 @dataclass
@@ -135,16 +139,22 @@ SCALINGS = ("weak", "strong")
 MODELS = ("mobilenet_v2", "resnet18")
 DATASETS = ("synthetic", "image_folder", "cifar10")
 OPTIMIZERS = ("adam",)
+PIPELINES = ("tensor", "pil")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 MPI_LAUNCHERS = ("mpiexec", "mpirun", "srun")
 
 
 def register_schemas() -> None:
+    from hydra.core.config_store import ConfigStore
+
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
 
-def to_run_config(cfg: DictConfig) -> RunConfig:
-    """Resolve a composed config into the typed dataclasses and check value ranges."""
+def to_run_config(cfg) -> RunConfig:
+    """Resolve a composed config (a DictConfig) into the typed dataclasses and check value ranges."""
+    from omegaconf import OmegaConf
+
     # Resolve to plain containers first: merging a plain dict into the schema rejects every key
     # the schema lacks, including ones added with Hydra's `+key=value`.
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.to_container(cfg, resolve=True))
@@ -173,6 +183,8 @@ def validate(run: RunConfig) -> None:
     _require_choice("batch_size.scaling", run.batch_size.scaling, SCALINGS)
     _require_choice("model.name", run.model.name, MODELS)
     _require_choice("data.name", run.data.name, DATASETS)
+    _require_choice("data.pipeline", run.data.pipeline, PIPELINES)
+    _require_choice("train.precision", run.train.precision, PRECISIONS)
     _require_choice("train.optimizer", run.train.optimizer, OPTIMIZERS)
     _require_choice("train.lr_scaling", run.train.lr_scaling, LR_SCALING_RULES)
     _require_choice("hardware.accelerator", run.hardware.accelerator, DEVICES)

@@ -118,9 +118,11 @@ def resolve_backend(backend: str, device: str) -> str:
     return backend
 
 
-def threads_per_rank(topology: Topology) -> int:
-    """CPU ranks share their node's cores: Slurm's cpus-per-task when set, else an equal share
-    of the cores this process may use."""
+def threads_per_rank(topology: Topology, cpus_per_rank: Optional[int] = None) -> int:
+    """CPU ranks share their node's cores: mode.cpus_per_rank when set, else Slurm's
+    cpus-per-task, else an equal share of the cores this process may use."""
+    if cpus_per_rank is not None:
+        return cpus_per_rank
     if "SLURM_CPUS_PER_TASK" in os.environ:
         return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
     return max(1, len(os.sched_getaffinity(0)) // topology.local_size)

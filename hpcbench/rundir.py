@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-from omegaconf import OmegaConf
 
 from hpcbench.config import RunConfig
 
@@ -80,6 +79,10 @@ class RunSummary:
     finished_at: Optional[str] = None
     error: Optional[str] = None
     diverged_epoch: Optional[int] = None
+    pipeline: str = ""  # tensor | pil
+    precision: str = ""  # fp32 | bf16 | fp16, as resolved for the device
+    channels_last: bool = False
+    compiled: bool = False
     restarts: int = 0  # times the run was resumed from a checkpoint
     resumed_from_epochs: List[int] = field(default_factory=list)
     classes: List[str] = field(default_factory=list)
@@ -120,6 +123,8 @@ class RunDirectory:
         atomic_write_text(self.path / name, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
     def write_config(self, run: RunConfig) -> None:
+        from omegaconf import OmegaConf
+
         atomic_write_text(self.path / RESOLVED_CONFIG, OmegaConf.to_yaml(OmegaConf.structured(run)))
 
     def write_summary(self, summary: RunSummary) -> None:
@@ -151,6 +156,8 @@ def _serialize(state: Dict[str, Any]) -> bytes:
 
 
 def read_resolved_config(run_dir: Path) -> RunConfig:
+    from omegaconf import OmegaConf
+
     from hpcbench.config import to_run_config
 
     return to_run_config(OmegaConf.load(Path(run_dir) / RESOLVED_CONFIG))

@@ -33,7 +33,7 @@ from hpcbench.checkpoint import (
     safe_load,
 )
 from hpcbench.config import RunConfig, global_batch, per_device_batch
-from hpcbench.data.loaders import DataPipeline, build_pil_pipeline
+from hpcbench.data.pipeline import DataPipeline, build_pipeline
 from hpcbench.distributed import (
     SERIAL,
     Topology,
@@ -51,6 +51,9 @@ from hpcbench.progress import ProgressBar
 from hpcbench.rundir import CHECKPOINTS, EpochMetrics, RunDirectory, RunSummary, read_summary
 from hpcbench.schedule import LearningRateSchedule
 from hpcbench.signals import Interrupted, StopFlag, stop_on_signals
+from hpcbench.step import StepOptions, TrainStep
+
+FP32 = StepOptions("fp32", channels_last=False, compile=False)
 
 log = logging.getLogger("hpcbench")
 
@@ -121,18 +124,16 @@ def _totals_to_result(totals: torch.Tensor, topology: Topology) -> tuple[float, 
 
 
 def train_one_epoch(
-    model: nn.Module,
+    step_fn: TrainStep,
     pipeline: DataPipeline,
-    optimizer: torch.optim.Optimizer,
     schedule: LearningRateSchedule,
     epoch: int,
-    device: torch.device,
     topology: Topology,
     label: str,
     stop: StopFlag,
 ) -> EpochResult:
-    model.train()
-    criterion = nn.CrossEntropyLoss()
+    step_fn.model.train()
+    device, optimizer = step_fn.device, step_fn.optimizer
     loader = pipeline.train_loader
     # (loss sum, correct, count) stay on the device: no .item() and no host sync per step.
     totals = torch.zeros(3, dtype=torch.float64, device=device)
@@ -148,11 +149,7 @@ def train_one_epoch(
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = schedule.at(epoch, step - 1)
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(images)
-        loss = criterion(logits, labels)
-        loss.backward()
-        optimizer.step()
+        loss, logits = step_fn(images, labels)
         with torch.no_grad():
             count = labels.new_tensor(labels.numel(), dtype=torch.float64)
             totals += torch.stack([loss.detach().double() * count, (logits.argmax(1) == labels).sum().double(), count])
@@ -177,7 +174,8 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, topology: Topology) -> EpochResult:
+def evaluate(model: nn.Module, loader, device: torch.device, topology: Topology,
+             options: StepOptions = FP32) -> EpochResult:
     """Exact global test loss and accuracy: every rank evaluates a disjoint shard, the sums are
     all-reduced."""
     model.eval()
@@ -185,8 +183,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, topology: Topology)
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits = model(images)
-        loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum")
+        with options.autocast(device):
+            logits = model(options.prepare_input(images))
+        loss_sum = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         totals += torch.stack(
             [loss_sum.double(), (logits.argmax(1) == labels).sum().double(), torch.tensor(labels.numel(), dtype=torch.float64, device=device)]
         )
@@ -195,6 +194,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, topology: Topology)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile's and DDP's wrappers (its state_dict has plain keys)."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
@@ -249,7 +250,13 @@ class Run:
         self.summary.classes = pipeline.classes
         self.write()
 
-    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    def step_options(self, options: StepOptions, pipeline: str) -> None:
+        self.summary.pipeline, self.summary.precision = pipeline, options.precision
+        self.summary.channels_last, self.summary.compiled = options.channels_last, options.compile
+        self.write()
+
+    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: Optional[torch.amp.GradScaler]) -> int:
         """Restore the latest checkpoint if there is one; returns the first epoch to train."""
         if not self.cfg.train.resume:
             return 1
@@ -258,6 +265,8 @@ class Run:
             return 1
         unwrap(model).load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_state(checkpoint["rng"][self.topology.rank])
         self.history = [EpochMetrics(**m) for m in checkpoint["history"]]
         self.elapsed_before_s = checkpoint["elapsed_s"]
@@ -309,7 +318,7 @@ class Run:
         summary.best_test_acc, summary.best_epoch = best.test_acc, best.epoch
 
     def record_epoch(self, metrics: EpochMetrics, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     classes: List[str]) -> None:
+                     scaler: Optional[torch.amp.GradScaler], classes: List[str]) -> None:
         previous_best = self.summary.best_test_acc
         self.history.append(metrics)
         self._update_summary()
@@ -331,6 +340,7 @@ class Run:
             resumable = {
                 **weights,
                 "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "history": [asdict(m) for m in self.history],
                 "rng": rngs,
                 "elapsed_s": self.summary.total_time_s,
@@ -348,11 +358,12 @@ class Run:
         self.write()
 
 
-def build_training_model(cfg: RunConfig, num_classes: int, device: torch.device, topology: Topology) -> nn.Module:
-    model = build_model(cfg.model.name, num_classes, cfg.model.pretrained).to(device)
+def build_training_model(cfg: RunConfig, num_classes: int, device: torch.device, topology: Topology,
+                         options: StepOptions) -> nn.Module:
+    model = options.prepare_model(build_model(cfg.model.name, num_classes, cfg.model.pretrained).to(device))
     if topology.distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return model
+    return torch.compile(model) if options.compile else model
 
 
 def already_completed(cfg: RunConfig, out_dir: Path) -> Optional[RunSummary]:
@@ -380,12 +391,12 @@ def train(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSumm
     try:
         device = select_device(cfg, topology)
         if device.type == "cpu":
-            torch.set_num_threads(threads_per_rank(topology))
+            torch.set_num_threads(threads_per_rank(topology, cfg.mode.cpus_per_rank))
         if cfg.model.pretrained:
             check_pretrained_available(cfg.model.name)  # fail before any data is read
         seed_everything(cfg.train.seed)
         torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
-        pipeline = build_pil_pipeline(cfg, topology.rank, topology.world_size)
+        pipeline = build_pipeline(cfg, topology.rank, topology.world_size, device)
         state.data_ready(pipeline)
         with stop_on_signals() as stop:
             _fit(cfg, state, pipeline, device, topology, stop)
@@ -405,23 +416,27 @@ def train(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSumm
 
 def _fit(cfg: RunConfig, state: Run, pipeline: DataPipeline, device: torch.device, topology: Topology,
          stop: StopFlag) -> None:
-    model = build_training_model(cfg, len(pipeline.classes), device, topology)
+    options = StepOptions.resolve(cfg.train.precision, cfg.train.channels_last, cfg.train.compile, device)
+    state.step_options(options, cfg.data.pipeline)
+    model = build_training_model(cfg, len(pipeline.classes), device, topology, options)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    step_fn = TrainStep(model, optimizer, options, device)
     schedule = LearningRateSchedule.for_run(cfg, len(pipeline.train_loader))
-    first_epoch = state.resume(model, optimizer)
+    first_epoch = state.resume(model, optimizer, step_fn.scaler)
     if topology.is_main:
         log.info(
-            "training %s on %s: %d ranks x batch %d, %d train / %d test images at %d px, epochs %d-%d",
-            cfg.model.name, device, topology.world_size, per_device_batch(cfg), pipeline.num_train,
-            pipeline.num_test, cfg.data.image_size, first_epoch, cfg.train.epochs,
+            "training %s on %s (%s pipeline, %s%s): %d ranks x batch %d, %d train / %d test images at %d px, "
+            "epochs %d-%d", cfg.model.name, device, cfg.data.pipeline, options.precision,
+            ", channels_last" if options.channels_last else "", topology.world_size, per_device_batch(cfg),
+            pipeline.num_train, pipeline.num_test, cfg.data.image_size, first_epoch, cfg.train.epochs,
         )
     for epoch in range(first_epoch, cfg.train.epochs + 1):
         pipeline.set_epoch(epoch, cfg.train.seed)
         seed_everything(epoch_seed(cfg.train.seed, epoch, topology.rank))
         lr = schedule.at(epoch)
         label = f"epoch {epoch}/{cfg.train.epochs}"
-        trained = train_one_epoch(model, pipeline, optimizer, schedule, epoch, device, topology, label, stop)
-        tested = evaluate(model, pipeline.test_loader, device, topology)
+        trained = train_one_epoch(step_fn, pipeline, schedule, epoch, topology, label, stop)
+        tested = evaluate(model, pipeline.test_loader, device, topology, options)
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=trained.loss,
@@ -437,7 +452,7 @@ def _fit(cfg: RunConfig, state: Run, pipeline: DataPipeline, device: torch.devic
             samples_per_s=trained.samples_per_s,
             peak_memory_mb=peak_memory_mb(device),
         )
-        state.record_epoch(metrics, model, optimizer, pipeline.classes)
+        state.record_epoch(metrics, model, optimizer, step_fn.scaler, pipeline.classes)
         if topology.is_main:
             log.info(
                 "%s train_loss %.4f train_acc %.4f test_loss %.4f test_acc %.4f lr %.1e %.1fs %.1f img/s",

@@ -44,6 +44,9 @@ def test_original_study_settings_are_expressible():
     assert serial.model.pretrained and serial.hardware.name == "param_utkarsh"
     assert serial.hardware.partitions["gpu"].gpus_per_node == 2
     assert serial.hardware.partitions["cpu"].cores_per_node == 40
+    # The study's recipe exactly: PIL transforms in 2 DataLoader workers, fp32, NCHW.
+    assert (serial.data.pipeline, serial.data.num_workers, serial.train.precision, serial.train.channels_last) == (
+        "pil", 2, "fp32", False)
 
 
 def test_strong_scaling_splits_the_global_batch():

@@ -12,10 +12,11 @@ import pytest
 import torch
 from conftest import TINY, read_json, read_metrics, run_cli, run_dirs
 
-from hpcbench.data.loaders import build_pil_pipeline
+from hpcbench.data.pipeline import build_pipeline
 from hpcbench.distributed import SERIAL
 from hpcbench.models import build_model
 from hpcbench.rundir import read_resolved_config
+from hpcbench.step import StepOptions
 from hpcbench.trainer import evaluate
 
 pytestmark = pytest.mark.slow
@@ -76,8 +77,9 @@ def test_global_test_accuracy_is_exact_and_matches_a_serial_evaluation(tmp_path)
     best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     model = build_model(run.model.name, len(best["classes"]))
     model.load_state_dict(best["model"])
-    pipeline = build_pil_pipeline(run, rank=0, world_size=1)
-    serial = evaluate(model, pipeline.test_loader, torch.device("cpu"), SERIAL)
+    pipeline = build_pipeline(run, rank=0, world_size=1, device=torch.device("cpu"))
+    options = StepOptions(summary["precision"], summary["channels_last"], compile=False)  # as the run evaluated
+    serial = evaluate(options.prepare_model(model), pipeline.test_loader, torch.device("cpu"), SERIAL, options)
     assert serial.accuracy == summary["best_test_acc"]
     best_metrics = read_metrics(run_dir)[summary["best_epoch"] - 1]
     assert serial.loss == pytest.approx(best_metrics["test_loss"], rel=1e-5)

@@ -234,7 +234,8 @@ def test_bad_input_gets_one_clear_line_and_damages_nothing(tmp_path, case, make_
 
 
 def test_two_sweeps_started_together_write_distinct_directories(tmp_path):
-    command = [sys.executable, "-m", "hpcbench.train", "-m", *TINY, "train.epochs=1", "batch_size.size=16,32"]
+    command = [sys.executable, "-m", "hpcbench.train", "-m", *TINY, "train.epochs=1", "batch_size.size=16,32",
+               "mode.cpus_per_rank=1"]  # one core each: two sweeps on a 2-core machine
     sweeps = [subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errors = [sweep.communicate(timeout=300)[1] for sweep in sweeps]

@@ -96,6 +96,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 class ImageFolderSource:
     def __init__(self, root: Path, split: str):
+        self.root = root
         split_dir = root / split
         if not split_dir.is_dir():
             raise DataError(
@@ -145,7 +146,7 @@ class Cifar10Source:
                 raise DataError(self._missing_message(root, f"download failed: {error}")) from None
         self.classes = list(dataset.classes)
         self.labels = list(dataset.targets)
-        self._images = dataset.data
+        self.arrays = dataset.data  # (N, 32, 32, 3) uint8
 
     @staticmethod
     def _missing_message(root: Path, why: str) -> str:
@@ -159,7 +160,7 @@ class Cifar10Source:
         return len(self.labels)
 
     def load(self, index: int) -> Image.Image:
-        return Image.fromarray(self._images[index])
+        return Image.fromarray(self.arrays[index])
 
 
 def open_source(data: DataConfig, split: str, seed: int) -> ImageSource:

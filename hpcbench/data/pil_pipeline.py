@@ -1,13 +1,13 @@
 """The PIL pipeline of the original study: torchvision transforms in DataLoader workers."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from hpcbench.config import RunConfig, per_device_batch
+from hpcbench.data.pipeline import DataPipeline, ShardSampler, train_shard_sampler
 from hpcbench.data.sources import ImageSource, balanced_first_n, open_source
 from hpcbench.data.transforms import eval_transform, train_transform
 
@@ -26,37 +26,6 @@ class TransformedSubset(Dataset):
         return self.transform(self.source.load(index)), self.source.labels[index]
 
 
-class ShardSampler(Sampler[int]):
-    """Every `world_size`-th index from `rank`: disjoint shards that together cover the data set
-    exactly once. Unlike DistributedSampler it adds no padding duplicates, so the all-reduced
-    test metrics are the exact global ones."""
-
-    def __init__(self, size: int, rank: int, world_size: int):
-        self.indices = list(range(rank, size, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-@dataclass
-class DataPipeline:
-    train_loader: DataLoader
-    test_loader: DataLoader
-    train_sampler: DistributedSampler
-    classes: List[str]
-    num_train: int  # images in the (limited) training set, all ranks together
-    num_test: int
-
-    def set_epoch(self, epoch: int, seed: int) -> None:
-        """Per-epoch shuffling and augmentation seeds are functions of (seed, epoch) alone, so an
-        epoch trains identically whether or not the run was interrupted before it."""
-        self.train_sampler.set_epoch(epoch)
-        self.train_loader.generator.manual_seed(seed * 100_003 + epoch)
-
-
 def build_pil_pipeline(run: RunConfig, rank: int, world_size: int) -> DataPipeline:
     data = run.data
     train_source = open_source(data, "train", run.train.seed)
@@ -69,7 +38,7 @@ def build_pil_pipeline(run: RunConfig, rank: int, world_size: int) -> DataPipeli
     )
     batch = per_device_batch(run)
     # One sampler for serial and DDP runs: a seeded permutation per epoch, split over the ranks.
-    train_sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=run.train.seed)
+    train_sampler = train_shard_sampler(len(train_set), rank, world_size, run.train.seed)
     workers = dict(num_workers=data.num_workers, persistent_workers=False, pin_memory=run.mode.device == "cuda")
     # A last training batch of one image breaks BatchNorm ("expected more than 1 value per
     # channel") at small image sizes; drop it in that case only.
@@ -78,4 +47,5 @@ def build_pil_pipeline(run: RunConfig, rank: int, world_size: int) -> DataPipeli
         train_set, batch_size=batch, sampler=train_sampler, generator=torch.Generator(), drop_last=drop_last, **workers
     )
     test_loader = DataLoader(test_set, batch_size=batch, sampler=ShardSampler(len(test_set), rank, world_size), **workers)
-    return DataPipeline(train_loader, test_loader, train_sampler, train_source.classes, len(train_set), len(test_set))
+    return DataPipeline(train_loader, test_loader, train_sampler, train_source.classes, len(train_set), len(test_set),
+                        rank)

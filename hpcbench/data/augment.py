@@ -1,0 +1,157 @@
+"""The original study's augmentation, batched on the training device (pure torch, no PIL).
+
+Per sample, with the distributions of the torchvision transforms in transforms.py:
+- geometry: Resize(size) -> RandomResizedCrop(size, scale 0.7-1, ratio 3/4-4/3) -> horizontal flip
+  (p 0.5) -> RandomRotation(+-15 degrees, corners filled with 0). All four are one affine map from
+  output to source coordinates, so one `affine_grid` + `grid_sample` reads the 32 px source
+  straight into the size x size output.
+- colour: brightness, contrast, saturation factors in [0.7, 1.3] and a hue shift in [-0.1, 0.1]
+  turns, in a random order (drawn per batch; torchvision draws it per image), clamped to [0, 1]
+  after each step like torchvision. Hue rotates chroma in YIQ space (torchvision goes through
+  HSV; the two agree closely for shifts this small).
+- ImageNet normalisation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from hpcbench.data.transforms import CROP_SCALE, IMAGENET_MEAN, IMAGENET_STD, JITTER, ROTATION_DEGREES
+
+RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
+CROP_ATTEMPTS = 10  # as torchvision: then fall back to the whole image
+
+# RGB <-> YIQ (NTSC); a hue shift is a rotation of the (I, Q) chroma plane.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+_GRAY = torch.tensor([0.299, 0.587, 0.114])  # torchvision's rgb_to_grayscale weights
+
+
+@dataclass
+class AugmentParams:
+    """What was drawn for a batch (the tests check these distributions)."""
+
+    crop_scale: torch.Tensor  # area fraction of the source
+    crop_ratio: torch.Tensor  # width / height
+    flip: torch.Tensor  # bool
+    angle_deg: torch.Tensor
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    order: list  # the order of the colour operations
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) * (high - low) + low
+
+
+def sample_params(n: int, generator: torch.Generator, device) -> AugmentParams:
+    log_ratio = torch.log(torch.tensor(RATIO))
+    scale = _uniform(n * CROP_ATTEMPTS, *CROP_SCALE, generator, device).view(n, CROP_ATTEMPTS)
+    ratio = torch.exp(_uniform(n * CROP_ATTEMPTS, float(log_ratio[0]), float(log_ratio[1]), generator, device))
+    ratio = ratio.view(n, CROP_ATTEMPTS)
+    # A candidate fits when neither side exceeds the image: w = sqrt(s r), h = sqrt(s / r) (unit square).
+    fits = (scale * ratio <= 1) & (scale / ratio <= 1)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.zeros(n, dtype=torch.long, device=device))
+    pick = torch.arange(n, device=device)
+    chosen_scale = torch.where(fits.any(1), scale[pick, first], torch.ones(n, device=device))
+    chosen_ratio = torch.where(fits.any(1), ratio[pick, first], torch.ones(n, device=device))
+    brightness, contrast, saturation = (_uniform(n, 1 - JITTER[k], 1 + JITTER[k], generator, device)
+                                        for k in ("brightness", "contrast", "saturation"))
+    order = torch.randperm(4, generator=generator, device=device).tolist()
+    return AugmentParams(
+        crop_scale=chosen_scale,
+        crop_ratio=chosen_ratio,
+        flip=torch.rand(n, generator=generator, device=device) < 0.5,
+        angle_deg=_uniform(n, -ROTATION_DEGREES, ROTATION_DEGREES, generator, device),
+        brightness=brightness,
+        contrast=contrast,
+        saturation=saturation,
+        hue=_uniform(n, -JITTER["hue"], JITTER["hue"], generator, device),
+        order=order,
+    )
+
+
+def affine_matrices(params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
+    """(n, 2, 3) maps from output to source coordinates, both normalised to [-1, 1]."""
+    n, device = params.crop_scale.shape[0], params.crop_scale.device
+    width = torch.sqrt(params.crop_scale * params.crop_ratio)  # crop size as a fraction of the source
+    height = torch.sqrt(params.crop_scale / params.crop_ratio)
+    # The crop's top-left corner is uniform over the positions that keep it inside the image.
+    left = torch.rand(n, generator=generator, device=device) * (1 - width)
+    top = torch.rand(n, generator=generator, device=device) * (1 - height)
+    centre_x, centre_y = 2 * left + width - 1, 2 * top + height - 1
+    angle = torch.deg2rad(params.angle_deg)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    flip = torch.where(params.flip, -1.0, 1.0)
+    # source = centre + diag(width, height) @ diag(flip, 1) @ rotation @ output
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 1] = width * flip * cos, -width * flip * sin
+    theta[:, 1, 0], theta[:, 1, 1] = height * sin, height * cos
+    theta[:, 0, 2], theta[:, 1, 2] = centre_x, centre_y
+    return theta
+
+
+def _gray(images: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("bchw,c->bhw", images, _GRAY.to(images)).unsqueeze(1)
+
+
+def _per_sample(values: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, 1, 1, 1)
+
+
+def _hue(images: torch.Tensor, shift_turns: torch.Tensor) -> torch.Tensor:
+    yiq = torch.einsum("bchw,dc->bdhw", images, _RGB_TO_YIQ.to(images))
+    angle = shift_turns * 2 * math.pi
+    cos, sin = _per_sample(torch.cos(angle)).squeeze(1), _per_sample(torch.sin(angle)).squeeze(1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    rotated = torch.stack([yiq[:, 0], i * cos - q * sin, i * sin + q * cos], dim=1)
+    return torch.einsum("bchw,dc->bdhw", rotated, _YIQ_TO_RGB.to(images))
+
+
+def colour_jitter(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+    for operation in params.order:
+        if operation == 0:
+            images = images * _per_sample(params.brightness)
+        elif operation == 1:
+            mean = _gray(images).mean(dim=(1, 2, 3), keepdim=True)
+            images = _per_sample(params.contrast) * images + (1 - _per_sample(params.contrast)) * mean
+        elif operation == 2:
+            images = _per_sample(params.saturation) * images + (1 - _per_sample(params.saturation)) * _gray(images)
+        else:
+            images = _hue(images, params.hue)
+        images = images.clamp_(0, 1)
+    return images
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def resize_and_normalise(images_uint8: torch.Tensor, size: int) -> torch.Tensor:
+    """Evaluation (and training without augmentation): Resize(size) + ToTensor + Normalize."""
+    images = images_uint8.float().div_(255)
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return normalise(images.clamp_(0, 1))
+
+
+def augment(images_uint8: torch.Tensor, size: int, generator: torch.Generator,
+            params: AugmentParams | None = None) -> torch.Tensor:
+    """The training transform of a whole batch (uint8 NCHW in, normalised float NCHW out)."""
+    images = images_uint8.float().div_(255)
+    params = params or sample_params(images.shape[0], generator, images.device)
+    theta = affine_matrices(params, generator)
+    grid = F.affine_grid(theta, [images.shape[0], 3, size, size], align_corners=False)
+    # "border": the edge pixels as Resize treats them; what lies outside after rotation is zeroed below.
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Rotation's empty corners are 0 *after* colour jitter, as in the PIL pipeline.
+    inside = (grid.abs() <= 1).all(dim=-1).unsqueeze(1)
+    out = colour_jitter(out.clamp_(0, 1), params) * inside
+    return normalise(out)

@@ -1,0 +1,1 @@
+"""Serving a trained run: command-line predictions and a Gradio page (top-3 classes)."""

@@ -1,0 +1,127 @@
+"""The device-resident pipeline: same transforms as the PIL recipe, same distributions, exact shards."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, compose_run
+from PIL import Image
+from torchvision import transforms as T
+
+from hpcbench.data.augment import AugmentParams, augment, resize_and_normalise, sample_params
+from hpcbench.data.pipeline import build_pipeline
+from hpcbench.data.sources import SyntheticSource
+from hpcbench.data.tensor_pipeline import CACHE_DIR
+from hpcbench.data.transforms import CROP_SCALE, eval_transform
+from hpcbench.trainer import train
+
+CPU = torch.device("cpu")
+
+
+def _batch(n: int = 16) -> torch.Tensor:
+    source = SyntheticSource(seed=3, split="train", size=n)
+    return torch.from_numpy(np.stack([source.array(i) for i in range(n)])).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.mark.parametrize("size", [32, 64, 224])
+def test_without_augmentation_it_equals_resize_and_normalize(size):
+    images = _batch()
+    ours = resize_and_normalise(images, size)
+    reference = torch.stack([eval_transform(size)(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in images])
+    difference = (ours - reference).abs()
+    # PIL's and torch's bilinear upsampling differ by rounding only (uint8 in PIL): ~1/255 in [0, 1].
+    assert difference.mean() < 0.01 and difference.max() < 0.1, (difference.mean(), difference.max())
+
+
+def _identity_params(n: int, flip: bool = False) -> AugmentParams:
+    ones, zeros = torch.ones(n), torch.zeros(n)
+    return AugmentParams(crop_scale=ones, crop_ratio=ones, flip=torch.full((n,), flip), angle_deg=zeros,
+                         brightness=ones, contrast=ones, saturation=ones, hue=zeros, order=[0, 1, 2, 3])
+
+
+def test_neutral_augmentation_is_the_plain_resize_and_flip_mirrors():
+    images, generator = _batch(4), torch.Generator().manual_seed(0)
+    plain = augment(images, 64, generator, _identity_params(4))
+    assert torch.allclose(plain, resize_and_normalise(images, 64), atol=2e-2)
+    flipped = augment(images, 64, generator, _identity_params(4, flip=True))
+    assert torch.allclose(flipped, plain.flip(-1), atol=1e-4)
+
+
+def test_sampled_parameters_follow_the_original_transforms():
+    n = 20000
+    params = sample_params(n, torch.Generator().manual_seed(1), CPU)
+    assert params.crop_scale.min() >= CROP_SCALE[0] and params.crop_scale.max() <= CROP_SCALE[1]
+    assert params.crop_ratio.min() >= 3 / 4 - 1e-6 and params.crop_ratio.max() <= 4 / 3 + 1e-6
+    assert ((params.crop_scale * params.crop_ratio <= 1 + 1e-6) & (params.crop_scale / params.crop_ratio <= 1 + 1e-6)).all()
+    # torchvision's own RandomResizedCrop on a 224 x 224 image: the same area fractions.
+    torch.manual_seed(1)
+    tv = [T.RandomResizedCrop.get_params(torch.zeros(3, 224, 224), CROP_SCALE, (3 / 4, 4 / 3)) for _ in range(4000)]
+    tv_scale = np.array([h * w / 224**2 for _, _, h, w in tv])
+    assert abs(params.crop_scale.mean().item() - tv_scale.mean()) < 0.01
+    assert abs(params.flip.float().mean().item() - 0.5) < 0.02
+    assert params.angle_deg.abs().max() <= 15 and abs(params.angle_deg.std().item() - 15 / math.sqrt(3)) < 0.2
+    for name, low, high in [("brightness", 0.7, 1.3), ("contrast", 0.7, 1.3), ("saturation", 0.7, 1.3), ("hue", -0.1, 0.1)]:
+        values = getattr(params, name)
+        assert values.min() >= low and values.max() <= high
+        assert abs(values.mean().item() - (low + high) / 2) < 0.01 * (high - low) * 2
+    assert sorted(params.order) == [0, 1, 2, 3]
+
+
+def test_augmented_batches_are_normalised_images_of_the_right_size():
+    out = augment(_batch(8), 96, torch.Generator().manual_seed(0))
+    assert out.shape == (8, 3, 96, 96) and torch.isfinite(out).all()
+    # Colour jitter and rotation keep pixels within the normalised range of [0, 1] inputs.
+    assert out.min() >= (0 - 0.485) / 0.229 - 1e-4 and out.max() <= (1 - 0.406) / 0.225 + 1e-4
+
+
+def test_epoch_shards_are_disjoint_cover_the_data_and_change_per_epoch():
+    run = compose_run([*TINY, "mode=ddp", "mode.device=cpu", "data.limit_train=100"])
+    pipelines = [build_pipeline(run, rank, 2, CPU) for rank in range(2)]
+    per_epoch = []
+    for epoch in (1, 2):
+        shards = []
+        for pipeline in pipelines:
+            pipeline.set_epoch(epoch, run.train.seed)
+            shards.append(pipeline.train_loader.indices().tolist())
+        assert not set(shards[0]) & set(shards[1])
+        assert sorted(shards[0] + shards[1]) == list(range(100))
+        per_epoch.append(shards[0])
+    assert per_epoch[0] != per_epoch[1]
+
+
+def _cifar_run(tmp_path, cifar_root, name, overrides):
+    run = compose_run(["data=image_folder", f"data.root={cifar_root}", "data.image_size=32", "data.limit_train=4000",
+                       "data.limit_test=1000", "model=resnet18", "train.lr=1e-3", "train.epochs=2",
+                       "batch_size=per_device_64", *overrides])
+    return train(run, tmp_path / name)
+
+
+@pytest.mark.slow
+def test_bf16_channels_last_tensor_pipeline_learns_as_well_as_the_original_recipe(tmp_path, cifar_root):
+    original = _cifar_run(tmp_path, cifar_root, "original", ["data.pipeline=pil", "data.num_workers=2",
+                                                             "train.precision=fp32", "train.channels_last=false"])
+    fast = _cifar_run(tmp_path, cifar_root, "fast", ["data.pipeline=tensor", "train.precision=bf16",
+                                                     "train.channels_last=true"])
+    assert (fast.precision, fast.channels_last, fast.pipeline) == ("bf16", True, "tensor")
+    assert original.best_test_acc > 0.25 and fast.best_test_acc > 0.25
+    assert abs(fast.best_test_acc - original.best_test_acc) < 0.08, (original.best_test_acc, fast.best_test_acc)
+    assert list((cifar_root / CACHE_DIR).glob("train-4000-*.pt"))  # decoded once, cached beside the data
+
+
+@pytest.mark.slow
+def test_the_decode_cache_is_reused_and_a_damaged_one_rebuilt(tmp_path):
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        for label in range(2):
+            (root / split / f"c{label}").mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (32, 32), (40 * i, 200 * label, 90)).save(root / split / f"c{label}" / f"{i}.png")
+    overrides = [*TINY, "data=image_folder", f"data.root={root}", "train.epochs=1"]
+    first = train(compose_run(overrides), tmp_path / "first")
+    [cache] = (root / CACHE_DIR).glob("train-*.pt")
+    cache.write_bytes(b"damaged")
+    second = train(compose_run(overrides), tmp_path / "second")
+    assert first.final_test_acc == second.final_test_acc
+    assert torch.load(cache, weights_only=True).shape == (12, 3, 32, 32)
