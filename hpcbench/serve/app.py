@@ -19,8 +19,9 @@ from hpcbench.serve.predictor import Predictor
 OFFLINE = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
-def label_value(predictor: Predictor, image) -> dict:
-    """What the page's Label shows: the top-3, the top one marked when it is uncertain."""
+def classify(predictor: Predictor, image) -> tuple[dict, str]:
+    """The page's two outputs: the top-3 (class -> probability) and a verdict line that says
+    whether the top probability clears the threshold."""
     import gradio as gr
 
     if image is None:
@@ -29,20 +30,22 @@ def label_value(predictor: Predictor, image) -> dict:
         prediction = predictor.predict(image, k=3)
     except HpcbenchError as error:
         raise gr.Error(str(error)) from None
-    label = f"{prediction.label} (uncertain)" if prediction.uncertain else prediction.label
-    return {"label": label, "confidences": [{"label": name, "confidence": p} for name, p in prediction.top]}
+    best = prediction.top[0][1]
+    verdict = (f"uncertain: the top probability {best:.2f} is below {predictor.threshold:.2f}" if prediction.uncertain
+               else f"confident: the top probability {best:.2f} is at least {predictor.threshold:.2f}")
+    return dict(prediction.top), verdict
 
 
 def build_app(predictor: Predictor):
     import gradio as gr
 
     def predict(image):
-        return label_value(predictor, image)
+        return classify(predictor, image)
 
     description = (f"Serving {predictor.describe()}. Predictions whose top probability is below "
                    f"{predictor.threshold:.2f} are marked *uncertain*.")
     return gr.Interface(fn=predict, inputs=gr.Image(type="pil", image_mode="RGB", label="Image"),
-                        outputs=gr.Label(num_top_classes=3, label="Top-3 classes"),
+                        outputs=[gr.Label(num_top_classes=3, label="Top-3 classes"), gr.Textbox(label="Confidence")],
                         title="hpcbench classifier", description=description, flagging_mode="never")
 
 
@@ -65,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         fail("hpcbench-serve", str(error), 2)
     print(f"serving {predictor.describe()} on http://{args.host}:{args.port}", flush=True)
     build_app(predictor).launch(server_name=args.host, server_port=args.port, ssr_mode=False, share=False,
-                                show_api=True)
+                                show_error=True)
 
 
 if __name__ == "__main__":
