@@ -138,11 +138,12 @@ def train_one_epoch(
     # (loss sum, correct, count) stay on the device: no .item() and no host sync per step.
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     nonfinite = torch.zeros(1, dtype=torch.float64, device=device)  # > 0 once a loss was NaN or inf
-    progress = ProgressBar(len(loader), label, topology.is_main, loader.batch_size or 1)
+    steps = len(loader)
+    progress = ProgressBar(steps, label, topology.is_main, loader.batch_size or 1)
     data_time, measured_images, measure_start = 0.0, 0, None
     start = time.perf_counter()
     batches = iter(loader)
-    for step in range(1, len(loader) + 1):
+    for step in range(1, steps + 1):
         wait_start = time.perf_counter()
         images, labels = next(batches)
         data_time += time.perf_counter() - wait_start
@@ -154,7 +155,7 @@ def train_one_epoch(
             count = labels.new_tensor(labels.numel(), dtype=torch.float64)
             totals += torch.stack([loss.detach().double() * count, (logits.argmax(1) == labels).sum().double(), count])
             nonfinite += (~torch.isfinite(loss.detach())).double()
-        if step % DIVERGENCE_CHECK_STEPS == 0 or step == len(loader):
+        if step % DIVERGENCE_CHECK_STEPS == 0 or step == steps:
             _stop_if_diverged(nonfinite, topology, epoch)
         if step == TIMING_WARMUP_STEPS:
             synchronize(device)
@@ -282,7 +283,7 @@ class Run:
 
     def _agreed_checkpoint(self) -> Optional[dict]:
         """Rank 0 picks the checkpoint (last or previous); every rank loads that same file."""
-        choice = None
+        found, choice = None, None
         if self.topology.is_main:
             found = find_resume_checkpoint(self.checkpoint_dir, self.cfg)
             choice = found["epoch"] if found is not None else None
@@ -290,8 +291,8 @@ class Run:
             box = [choice]
             torch.distributed.broadcast_object_list(box, src=0)
             choice = box[0]
-        if choice is None:
-            return None
+        if choice is None or found is not None:
+            return found
         for name in ("last", "last.prev"):
             path = self.checkpoint_dir / f"{name}.pt"
             if path.is_file():

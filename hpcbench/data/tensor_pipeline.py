@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -82,25 +82,23 @@ def load_uint8(source: ImageSource, indices: Sequence[int], split: str) -> torch
 class TensorBatches:
     """Batches of a device-resident split, iterated like a DataLoader by the trainer."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, count: int,
                  indices: Callable[[], torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor],
                  drop_single_last: bool):
-        self.images, self.labels, self.batch_size = images, labels, batch_size
+        """`indices()` gives this epoch's `count` sample indices, in order."""
+        self.images, self.labels, self.batch_size, self.count = images, labels, batch_size, count
         self.indices, self.transform, self.drop_single_last = indices, transform, drop_single_last
         self.generator = torch.Generator(device=images.device)
 
-    def _batches(self) -> List[torch.Tensor]:
-        order = self.indices()
-        batches = list(torch.split(order, self.batch_size))
-        if self.drop_single_last and batches and len(batches[-1]) == 1 and len(batches) > 1:
-            batches.pop()  # BatchNorm cannot train on one image (see loaders.py)
-        return batches
+    def _drops_last(self) -> bool:
+        # BatchNorm cannot train on one image: drop a last batch of one, as pil_pipeline.py does.
+        return self.drop_single_last and self.count % self.batch_size == 1
 
     def __len__(self) -> int:
-        return len(self._batches())
+        return -(-self.count // self.batch_size) - int(self._drops_last())
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self._batches():
+        for batch in list(torch.split(self.indices(), self.batch_size))[: len(self)]:
             yield self.transform(self.images[batch]), self.labels[batch]
 
 
@@ -121,12 +119,13 @@ def build_tensor_pipeline(run: RunConfig, rank: int, world_size: int, device: to
     def train_indices() -> torch.Tensor:
         return torch.tensor(list(sampler), device=device)
 
-    train = TensorBatches(train_images, train_labels, batch, train_indices, lambda x: x, drop_single_last=True)
+    train = TensorBatches(train_images, train_labels, batch, len(sampler), train_indices, lambda x: x,
+                          drop_single_last=True)
     if data.augment:
         train.transform = lambda images: augment(images, size, train.generator)
     else:
         train.transform = lambda images: resize_and_normalise(images, size)
     shard = torch.tensor(list(ShardSampler(len(test_labels), rank, world_size)), device=device, dtype=torch.long)
-    test = TensorBatches(test_images, test_labels, batch, lambda: shard, lambda images: resize_and_normalise(images, size),
-                         drop_single_last=False)
+    test = TensorBatches(test_images, test_labels, batch, len(shard), lambda: shard,
+                         lambda images: resize_and_normalise(images, size), drop_single_last=False)
     return DataPipeline(train, test, sampler, train_source.classes, len(train_labels), len(test_labels), rank)
