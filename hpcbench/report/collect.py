@@ -16,7 +16,8 @@ from hpcbench.rundir import ENV, METRICS, RESOLVED_CONFIG, SUMMARY
 
 # Config keys that do not change the workload: runs differing only in these belong to one study.
 NOT_WORKLOAD = ("mode", "hardware", "batch_size", "paths", "experiment_name")
-NOT_WORKLOAD_KEYS = (("train", "seed"), ("data", "num_workers"))
+NOT_WORKLOAD_KEYS = (("train", "seed"), ("train", "resume"), ("train", "save_checkpoints"), ("data", "num_workers"),
+                     ("data", "root"), ("data", "download"))
 
 
 class ReportError(HpcbenchError):
