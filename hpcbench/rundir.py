@@ -146,10 +146,11 @@ class RunDirectory:
     def save_checkpoint(self, name: str, state: Dict[str, Any], previous: Optional[str] = None) -> None:
         """Save `state` as checkpoints/NAME.pt; with `previous`, the old one becomes PREVIOUS.pt."""
         keep = self.checkpoint_path(previous) if previous else None
-        atomic_write_bytes(self.checkpoint_path(name), _serialize(state), keep_previous=keep)
+        atomic_write_bytes(self.checkpoint_path(name), torch_bytes(state), keep_previous=keep)
 
 
-def _serialize(state: Dict[str, Any]) -> bytes:
+def torch_bytes(state: Any) -> bytes:
+    """What torch.save writes, as bytes (for atomic_write_bytes)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()

@@ -7,7 +7,6 @@ files' names, sizes and modification times, so later runs skip it.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from typing import Callable, Iterator, Sequence, Tuple
 
@@ -26,7 +25,7 @@ from hpcbench.data.sources import (
     open_source,
 )
 from hpcbench.errors import DataError
-from hpcbench.rundir import atomic_write_bytes
+from hpcbench.rundir import atomic_write_bytes, torch_bytes
 
 log = logging.getLogger("hpcbench")
 
@@ -59,21 +58,23 @@ def _decode(source: ImageSource, indices: Sequence[int]) -> np.ndarray:
     return np.stack(arrays)
 
 
+def _decode_nchw(source: ImageSource, indices: Sequence[int]) -> torch.Tensor:
+    return torch.from_numpy(_decode(source, indices)).permute(0, 3, 1, 2).contiguous()
+
+
 def load_uint8(source: ImageSource, indices: Sequence[int], split: str) -> torch.Tensor:
     """(N, 3, H, W) uint8 images of `indices`; image folders go through the on-disk cache."""
     if not isinstance(source, ImageFolderSource):
-        return torch.from_numpy(_decode(source, indices)).permute(0, 3, 1, 2).contiguous()
+        return _decode_nchw(source, indices)
     cache = source.root / CACHE_DIR / f"{split}-{len(indices)}-{_fingerprint(source, indices)}.pt"
     if cache.is_file():
         try:
             return torch.load(cache, weights_only=True)
         except Exception as error:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring the unreadable decode cache %s (%s)", cache, error)
-    images = torch.from_numpy(_decode(source, indices)).permute(0, 3, 1, 2).contiguous()
+    images = _decode_nchw(source, indices)
     try:
-        buffer = io.BytesIO()
-        torch.save(images, buffer)
-        atomic_write_bytes(cache, buffer.getvalue())
+        atomic_write_bytes(cache, torch_bytes(images))
     except OSError as error:  # a read-only data directory: decode again next time
         log.warning("cannot write the decode cache %s (%s)", cache, error)
     return images
