@@ -31,7 +31,8 @@ from hpcbench.config import BatchSizeConfig, DataConfig, ModeConfig, ModelConfig
 from hpcbench.data.pipeline import build_pipeline
 from hpcbench.environment import cpu_model
 from hpcbench.models import build_model
-from hpcbench.step import StepOptions, TrainStep
+from hpcbench.training.device import synchronize
+from hpcbench.training.step import StepOptions, TrainStep
 
 WARMUP_STEPS = 3
 
@@ -62,11 +63,6 @@ def run_config(recipe: Recipe, args: argparse.Namespace, images: int) -> RunConf
                      train=TrainConfig(precision=recipe.precision, channels_last=recipe.channels_last))
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(recipe: Recipe, args: argparse.Namespace, device: torch.device) -> float:
     """Training images per second over `args.steps` steps after the warm-up steps."""
     steps = WARMUP_STEPS + args.steps
@@ -74,7 +70,7 @@ def measure(recipe: Recipe, args: argparse.Namespace, device: torch.device) -> f
     pipeline = build_pipeline(cfg, rank=0, world_size=1, device=device)
     pipeline.set_epoch(1, seed=0)
     options = StepOptions.resolve(recipe.precision, recipe.channels_last, args.compile, device)
-    model = options.prepare_model(build_model(args.model, len(pipeline.classes)).to(device))
+    model = options.prepare_model(build_model(args.model, len(pipeline.classes), image_size=args.image_size).to(device))
     step = TrainStep(torch.compile(model) if options.compile else model,
                      torch.optim.Adam(model.parameters(), lr=1e-4), options, device)
     model.train()

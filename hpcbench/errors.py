@@ -4,9 +4,14 @@
 class HpcbenchError(Exception):
     """Base class: the message alone tells the user what is wrong and what to do."""
 
+    exit_code = 1
+    quiet = False  # True: another process reports it (ranks other than 0); exit without a word
+
 
 class ConfigError(HpcbenchError):
     """A config value is invalid or inconsistent."""
+
+    exit_code = 2
 
 
 class DataError(HpcbenchError):

@@ -1,60 +1,149 @@
-"""Model construction: torchvision architectures with a classifier head for the data set's classes."""
+"""Model construction: any torchvision classification architecture with a new classifier head.
+
+`model.name` is any name `torchvision.models.list_models(module=torchvision.models)` gives
+(resnet50, efficientnet_b0, vit_b_16, convnext_tiny, ...). The head is found generically (the
+layer that produces the 1000 ImageNet classes, wherever the architecture keeps it) and replaced by
+one over the data set's classes. Pretrained ImageNet weights are only ever read from TORCH_HOME's
+cache: a run never depends on the network.
+"""
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
+from typing import Tuple
 
 import torch
 import torchvision
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from hpcbench.errors import WeightsError
+from hpcbench.errors import ConfigError, WeightsError
 
-# name -> (constructor, ImageNet weights enum). Pretrained weights are only ever read from
-# TORCH_HOME's cache: a run must never depend on the network.
-ARCHITECTURES = {
-    "mobilenet_v2": (torchvision.models.mobilenet_v2, torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1),
-    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
-}
+IMAGENET_CLASSES = 1000
+
+
+@lru_cache(maxsize=1)
+def architecture_names() -> Tuple[str, ...]:
+    """Every torchvision classification architecture (not detection, segmentation or video)."""
+    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+
+
+def _weights(name: str):
+    """The ImageNet weights `pretrained=True` gave in torchvision (IMAGENET1K_V1, what the original
+    study fine-tuned), else the architecture's default weights."""
+    weights = torchvision.models.get_model_weights(name)
+    return getattr(weights, "IMAGENET1K_V1", weights.DEFAULT)
 
 
 def pretrained_weights_path(name: str) -> Path:
     """Where torchvision caches the ImageNet weights of `name` ($TORCH_HOME/hub/checkpoints/...)."""
-    url = ARCHITECTURES[name][1].url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_weights(name).url)
 
 
 def check_pretrained_available(name: str) -> Path:
     path = pretrained_weights_path(name)
     if not path.is_file():
-        url = ARCHITECTURES[name][1].url
         raise WeightsError(
             f"model.pretrained=true needs {path} (TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}); "
-            f"download {url} on a machine with internet and put it there, or set model.pretrained=false"
+            f"download {_weights(name).url} on a machine with internet and put it there, or set model.pretrained=false"
         )
     return path
 
 
-def _load_imagenet_weights(model: nn.Module, name: str) -> None:
+def _size_arguments(name: str, image_size: int, pretrained: bool) -> dict:
+    """Constructor arguments of architectures built for one input size (ViT, MaxViT)."""
+    if name.startswith("vit_"):
+        patch = int(name.split("_")[-1])
+        if image_size % patch:
+            raise ConfigError(f"model.name={name} cuts images into {patch} px patches: data.image_size={image_size} "
+                              f"must be a multiple of {patch}")
+        return {"image_size": image_size}
+    if name == "maxvit_t" and image_size != 224:
+        if pretrained:
+            raise ConfigError("model.name=maxvit_t with pretrained weights needs data.image_size=224")
+        return {"input_size": (image_size, image_size)}
+    return {}
+
+
+def _load_imagenet_weights(model: nn.Module, name: str, image_size: int) -> None:
     path = check_pretrained_available(name)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        if name.startswith("vit_") and image_size != 224:  # position embeddings for the new grid
+            from torchvision.models.vision_transformer import interpolate_embeddings
+
+            state = interpolate_embeddings(image_size, int(name.split("_")[-1]), state)
         model.load_state_dict(state)
     except Exception as error:  # truncated file, wrong architecture, unsafe pickle
         raise WeightsError(f"cannot load ImageNet weights {path} into {name}: {error}") from error
 
 
-def replace_head(model: nn.Module, name: str, num_classes: int) -> None:
-    if name == "mobilenet_v2":
-        model.classifier[1] = nn.Linear(model.classifier[1].in_features, num_classes)
-    else:
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
+def _drop_auxiliary_heads(model: nn.Module) -> None:
+    """GoogLeNet and Inception v3 train side classifiers; a scaling study trains the main one
+    (as torchvision does when it loads their weights without aux_logits)."""
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for attribute in ("AuxLogits", "aux1", "aux2"):
+            if hasattr(model, attribute):
+                setattr(model, attribute, None)
 
 
-def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
-    constructor, _ = ARCHITECTURES[name]
-    model = constructor(weights=None)  # built with the 1000-class ImageNet head
+def _head(model: nn.Module) -> Tuple[nn.Module, str]:
+    """(parent module, attribute) of the last layer producing the 1000 ImageNet classes."""
+    found = None
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.Linear) and module.out_features == IMAGENET_CLASSES) or (
+                isinstance(module, nn.Conv2d) and module.out_channels == IMAGENET_CLASSES):
+            found = name
+    if found is None:
+        raise ConfigError(f"cannot find the classifier layer of {type(model).__name__}")
+    parent_name, _, attribute = found.rpartition(".")
+    return model.get_submodule(parent_name) if parent_name else model, attribute
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    parent, attribute = _head(model)
+    old = getattr(parent, attribute)
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:  # SqueezeNet classifies with a 1x1 convolution
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size)
+    setattr(parent, attribute, new)
+
+
+def build_model(name: str, num_classes: int, pretrained: bool = False, image_size: int = 224) -> nn.Module:
+    """torchvision's `name` with a `num_classes` head (ImageNet weights first when `pretrained`)."""
+    if name not in architecture_names():
+        raise ConfigError(f"model.name={name!r} is not a torchvision classification model (hpcbench-train --models)")
+    model = torchvision.models.get_model(name, weights=None, **_size_arguments(name, image_size, pretrained))
     if pretrained:
-        _load_imagenet_weights(model, name)
-    replace_head(model, name, num_classes)
+        _load_imagenet_weights(model, name, image_size)
+    _drop_auxiliary_heads(model)
+    replace_head(model, num_classes)
     return model
+
+
+def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
+    """A forward pass of one image on the meta device (shapes only, no memory, no arithmetic):
+    an architecture that cannot take `image_size` pixels is refused at start in one line."""
+    import copy
+
+    probe = copy.deepcopy(model).to("meta").eval()
+    try:
+        with torch.no_grad():
+            probe(torch.empty(1, 3, image_size, image_size, device="meta"))
+    except (RuntimeError, ValueError, AssertionError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"model.name={name} cannot take data.image_size={image_size} inputs ({first}); "
+                          f"raise data.image_size") from None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile's and DDP's wrappers (its state_dict has plain keys)."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

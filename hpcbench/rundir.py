@@ -5,31 +5,36 @@
     metrics.jsonl           one EpochMetrics object per line
     summary.json            RunSummary: status and headline numbers
     env.json                hardware, software versions, git commit, Slurm variables
-    checkpoints/best.pt     weights with the best test accuracy; last.pt: after the last epoch
+    checkpoints/best.pt     weights with the best test accuracy
+    checkpoints/last.pt     everything needed to resume (and last.prev.pt, the one before it)
     train.log               the log
+    ranks/rank<N>.log       a failed rank's traceback (ranks/rank<N>.json: its one-line record)
 
 Every file is written atomically (temporary file, fsync, rename): a run killed mid-write
-leaves the previous version, never a truncated one.
+leaves the previous version, never a truncated one. Only rank 0 writes here, except a failing
+rank's own files under ranks/.
+
+Checkpoints while a run is live: best.pt, last.pt and last.prev.pt (about 1 + 2 x 3 model sizes
+with Adam's two moments). Once it completes, `train.keep_checkpoints` decides what stays:
+`best` (the default: best.pt only, one model size), `resumable` (best.pt and last.pt: the run can
+be extended with more epochs), `all`. Failed and interrupted runs keep everything.
 """
 from __future__ import annotations
 
-import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
-
 from hpcbench.config import RunConfig
+from hpcbench.files import atomic_write_bytes, atomic_write_json, atomic_write_text, torch_bytes
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 ENV = "env.json"
 RESOLVED_CONFIG = "resolved_config.yaml"
 CHECKPOINTS = "checkpoints"
+LAST, PREVIOUS, BEST = "last", "last.prev", "best"  # checkpoints/<name>.pt
 
 
 @dataclass
@@ -89,29 +94,6 @@ class RunSummary:
     hostname: str = ""
 
 
-def atomic_write_bytes(path: Path, data: bytes, keep_previous: Optional[Path] = None) -> None:
-    """Write a temporary file beside `path`, fsync it, rename it over `path`. With
-    `keep_previous`, the old `path` is first renamed there: at every moment one complete
-    version exists under one of the two names."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
 class RunDirectory:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -120,7 +102,7 @@ class RunDirectory:
         return self.path / CHECKPOINTS / f"{name}.pt"
 
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write_text(self.path / name, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        atomic_write_json(self.path / name, obj)
 
     def write_config(self, run: RunConfig) -> None:
         from omegaconf import OmegaConf
@@ -148,12 +130,11 @@ class RunDirectory:
         keep = self.checkpoint_path(previous) if previous else None
         atomic_write_bytes(self.checkpoint_path(name), torch_bytes(state), keep_previous=keep)
 
-
-def torch_bytes(state: Any) -> bytes:
-    """What torch.save writes, as bytes (for atomic_write_bytes)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
+    def prune_checkpoints(self, keep: str) -> None:
+        """What a completed run no longer needs goes (see the module docstring)."""
+        names = {"best": (LAST, PREVIOUS), "resumable": (PREVIOUS,), "all": ()}[keep]
+        for name in names:
+            self.checkpoint_path(name).unlink(missing_ok=True)
 
 
 def read_resolved_config(run_dir: Path) -> RunConfig:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from hpcbench.cli import fail, one_line_errors, run_hydra_app
 from hpcbench.config import RunConfig, register_schemas, to_run_config
-from hpcbench.distributed import launched_by_mpi, slurm_step_tasks
+from hpcbench.mpi.topology import launched_by_mpi, slurm_step_tasks
 from hpcbench.resolvers import RUN_STAMP_ENV, register_resolvers, run_stamp
 
 # An absolute path: Hydra reads a relative one as a Python package when run as an entry point.
@@ -32,20 +32,25 @@ register_schemas()
 def run_job(run: RunConfig, out_dir: Path) -> Optional[float]:
     """Run one job of a run or sweep in `out_dir`; returns its best test accuracy."""
     # Heavy imports here, not at module level: composing configs (and --help) stays fast.
-    from hpcbench.launch import launch_ranks
+    from hpcbench.mpi.launch import launch_ranks
     from hpcbench.rundir import read_summary
-    from hpcbench.trainer import train, train_rank
+    from hpcbench.training.rank import train_rank
+    from hpcbench.training.record import check_run_directory
+    from hpcbench.training.trainer import fit
 
     if run.mode.name != "ddp":
-        return train(run, out_dir).best_test_acc
+        return fit(run, out_dir).best_test_acc
     if launched_by_mpi() or slurm_step_tasks() > 1:
         summary = train_rank(run, out_dir)
         return summary.best_test_acc if summary else None
+    done = check_run_directory(run, out_dir)  # before the launch writes anything there
+    if done is not None:
+        return done.best_test_acc
     launch_ranks(run, out_dir)
     return read_summary(out_dir).get("best_test_acc")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="hpcbench")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     # A single run reports its own errors in one line. In a multirun they propagate, so Hydra
@@ -59,7 +64,7 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
 def _agree_on_run_directory() -> None:
     """Under `mpiexec -n N hpcbench-train`, every rank runs Hydra: give them rank 0's run stamp
     (so one run directory) and keep Hydra's files and logs to rank 0."""
-    from hpcbench.distributed import bcast
+    from hpcbench.mpi.topology import bcast
 
     if "-m" in sys.argv or "--multirun" in sys.argv:
         fail("hpcbench-train", "a multirun cannot be started under MPI; start it without mpiexec", 2)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import compose_config, compose_run, run_cli
+from helpers import compose_config, compose_run, run_cli
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hpcbench.data.pipeline import ShardSampler
+from hpcbench.data.sampling import ShardSampler
 from hpcbench.data.sources import ImageFolderSource, SyntheticSource, balanced_first_n
 from hpcbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from hpcbench.errors import DataError

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,14 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, read_json, read_metrics, run_cli, run_dirs
+from helpers import TINY, cli_env, read_json, read_metrics, run_cli, run_dirs
+from PIL import Image
 
 from hpcbench.data.pipeline import build_pipeline
-from hpcbench.distributed import SERIAL
+from hpcbench.data.sampling import train_shard_sampler
+from hpcbench.data.sources import ImageFolderSource
 from hpcbench.models import build_model
+from hpcbench.mpi.topology import SERIAL
 from hpcbench.rundir import read_resolved_config
-from hpcbench.step import StepOptions
-from hpcbench.trainer import evaluate
+from hpcbench.training.step import StepOptions
+from hpcbench.training.trainer import evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -97,36 +101,119 @@ def test_two_ddp_runs_started_together_both_succeed(tmp_path):
     assert all(read_json(d / "summary.json")["status"] == "completed" for d in dirs)
 
 
-def _worker_pids(run_dir_fragment: str) -> list[int]:
-    pids = []
+def _worker_pids(run_dir_fragment: str) -> dict[int, int]:
+    """MPI rank -> pid of the live worker processes of a run."""
+    pids = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             state = (proc / "stat").read_text().split()[2]
-        except OSError:
+            environ = dict(item.split("=", 1) for item in (proc / "environ").read_bytes().decode().split("\0") if "=" in item)
+        except (OSError, ValueError):
             continue
-        if "hpcbench.worker" in cmdline and run_dir_fragment in cmdline and "mpiexec" not in cmdline and state != "Z":
-            pids.append(int(proc.name))
+        if cmdline.startswith(f"{sys.executable} -m hpcbench.worker") and run_dir_fragment in cmdline and state != "Z":
+            pids[int(environ.get("PMI_RANK", -1))] = int(proc.name)
     return pids
 
 
-def test_killing_one_rank_ends_the_job_with_an_error_within_a_minute(tmp_path):
-    env = {**os.environ, "HPCBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
-    job = subprocess.Popen([sys.executable, "-m", "hpcbench.train", *DDP, "train.epochs=200"], cwd=tmp_path,
-                           env=env, stderr=subprocess.PIPE, text=True)
+def _start_and_wait_for_an_epoch(tmp_path: Path, args: list[str]) -> tuple[subprocess.Popen, dict[int, int]]:
+    job = subprocess.Popen([sys.executable, "-m", "hpcbench.train", *args], cwd=tmp_path, env=cli_env(tmp_path),
+                           stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while len(pids := _worker_pids(str(tmp_path))) < 2 or not list((tmp_path / "outputs").rglob("metrics.jsonl")):
         assert time.monotonic() < deadline and job.poll() is None, "the ranks never started training"
         time.sleep(0.5)
+    return job, pids
+
+
+def test_killing_one_rank_ends_the_job_with_an_error_within_a_minute(tmp_path):
+    job, pids = _start_and_wait_for_an_epoch(tmp_path, [*DDP, "train.epochs=200"])
     killed_at = time.monotonic()
-    os.kill(max(pids), signal.SIGKILL)
+    os.kill(pids[1], signal.SIGKILL)
     _, stderr = job.communicate(timeout=90)
     assert job.returncode != 0
     assert time.monotonic() - killed_at < 60
     [run_dir] = run_dirs(tmp_path / "outputs")
-    assert read_json(run_dir / "summary.json")["status"] == "failed"
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "failed"
+    assert summary["error"].startswith(f"rank 1 on {socket.gethostname()} went missing"), summary["error"]
+    assert stderr.strip().splitlines()[-1].startswith(f"hpcbench-train: error: rank 1 on {socket.gethostname()} went missing")
+    assert "Traceback" not in stderr
+
+
+def test_a_stop_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    job, pids = _start_and_wait_for_an_epoch(tmp_path, [*DDP, "train.epochs=200"])
+    signalled_at = time.monotonic()
+    os.kill(pids[1], signal.SIGTERM)  # rank 1 only, as a user or a node agent might
+    _, stderr = job.communicate(timeout=90)
+    assert time.monotonic() - signalled_at < 30
+    assert job.returncode == 1 and "Traceback" not in stderr, stderr
+    assert "stopped by a stop signal (1 of 2 ranks received one) at a step boundary" in stderr.strip().splitlines()[-1]
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "interrupted" and not (run_dir / "ranks").exists()
+    # Resumable: the same command on the same directory continues after the last epoch.
+    done = summary["epochs"]
+    result = run_cli([*DDP, f"train.epochs={done + 1}", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = read_json(run_dir / "summary.json")
+    assert (summary["status"], summary["epochs"], summary["restarts"]) == ("completed", done + 1, 1)
+
+
+def _image_folder_with_a_broken_image(root: Path) -> tuple[Path, int]:
+    """A class-folder tree whose one unreadable training image lands in rank 1's first-epoch shard
+    (for the seed returned): only rank 1 fails, with an error of its own."""
+    for split in ("train", "test"):
+        for label, colour in enumerate([(230, 30, 30), (30, 30, 230)]):
+            folder = root / split / f"c{label}"
+            folder.mkdir(parents=True)
+            for i in range(8):
+                Image.new("RGB", (32, 32), tuple(max(0, c - 12 * i) for c in colour)).save(folder / f"{i}.png")
+    (root / "train" / "c1" / "9_broken.png").write_bytes(b"\x89PNG not really")
+    broken = len(ImageFolderSource(root, "train").paths) - 1
+    for seed in range(100):
+        sampler = train_shard_sampler(broken + 1, rank=1, world_size=2, seed=seed)
+        sampler.set_epoch(1)
+        if broken in list(sampler):
+            return root, seed
+    raise AssertionError("no seed puts the broken image into rank 1's shard")
+
+
+def test_a_failing_rank_is_named_in_one_line_and_its_traceback_kept(tmp_path):
+    root, seed = _image_folder_with_a_broken_image(tmp_path / "images")
+    result = run_cli([*DDP, "data=image_folder", f"data.root={root}", "data.pipeline=pil", "batch_size.size=4",
+                      f"train.seed={seed}", "data.limit_train=null", "data.limit_test=null"], tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"hpcbench-train: error: rank 1 on {socket.gethostname()} failed first: DataError: "
+                           f"cannot read image {root / 'train' / 'c1' / '9_broken.png'}"), line
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "failed" and summary["error"].startswith("rank 1 on")
+    assert "Traceback" in (run_dir / "ranks" / "rank1.log").read_text()
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_configuration_that_leaves_a_rank_without_a_training_step_is_refused(tmp_path, ranks):
+    mode = ["mode=ddp", "mode.ranks=2", "mode.device=cpu"] if ranks == 2 else []
+    started = time.monotonic()
+    result = run_cli([*TINY, *mode, f"data.limit_train={ranks}", "data.limit_test=1"], tmp_path)
+    assert time.monotonic() - started < 60  # not the 120 s collective timeout
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"data.limit_train={ranks} gives each of the {ranks} rank(s) 1 training image(s) per epoch" in line
+
+
+def test_a_rank_without_test_images_still_takes_part(tmp_path):
+    result = run_cli([*DDP, "data.limit_train=8", "data.limit_test=1", "train.epochs=1"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    summary = read_json(run_dir / "summary.json")
+    assert (summary["status"], summary["test_images"]) == ("completed", 1)
+    assert summary["best_test_acc"] in (0.0, 1.0)
 
 
 def test_world_size_different_from_the_config_is_a_clear_error(tmp_path):
@@ -137,6 +224,6 @@ def test_world_size_different_from_the_config_is_a_clear_error(tmp_path):
 
 def test_srun_without_mpi_plugin_singletons_are_detected(tmp_path):
     # What `srun -n 2` without --mpi starts: each task is an MPI world of size 1.
-    result = run_cli(DDP, tmp_path, env={"SLURM_STEP_NUM_TASKS": "2"})
+    result = run_cli(DDP, tmp_path, env={"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2"})
     assert result.returncode == 2
     assert "separate MPI worlds of size 1" in result.stderr and "--mpi=pmi2" in result.stderr

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, read_json, read_metrics, run_cli, run_dirs
+from helpers import TINY, read_json, read_metrics, run_cli, run_dirs
 from PIL import Image
 
-from hpcbench.checkpoint import CheckpointError, safe_load
 from hpcbench.errors import WeightsError
 from hpcbench.models import build_model, pretrained_weights_path
+from hpcbench.training.checkpoint import CheckpointError, safe_load
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +80,9 @@ def test_a_completed_run_is_not_trained_again(tmp_path):
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     reference = tmp_path / "reference"
     assert run_cli([*THREE_EPOCHS, f"hydra.run.dir={reference}"], tmp_path).returncode == 0
-    run_dir = tmp_path / "run"
-    assert run_cli([*THREE_EPOCHS, "train.epochs=2", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    run_dir = tmp_path / "run"  # keeps every checkpoint, so it can be extended to 3 epochs
+    assert run_cli([*THREE_EPOCHS, "train.epochs=2", "train.keep_checkpoints=all", f"hydra.run.dir={run_dir}"],
+                   tmp_path).returncode == 0
     last = run_dir / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # a write cut short
     result = run_cli([*THREE_EPOCHS, f"hydra.run.dir={run_dir}"], tmp_path)
@@ -93,7 +94,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 def test_unreadable_checkpoints_stop_the_run_instead_of_starting_over(tmp_path):
     run_dir = tmp_path / "run"
-    assert run_cli([*TINY, f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+    assert run_cli([*TINY, "train.keep_checkpoints=all", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
     for name in ("last.pt", "last.prev.pt"):
         (run_dir / "checkpoints" / name).write_bytes(b"garbage")
     result = run_cli([*TINY, "train.epochs=3", f"hydra.run.dir={run_dir}"], tmp_path)
@@ -263,3 +264,27 @@ def test_the_report_reads_a_sweep_whose_jobs_still_run(tmp_path):
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+
+def test_a_completed_run_keeps_what_keep_checkpoints_says(tmp_path):
+    kept = {}
+    for keep in ("best", "resumable", "all"):
+        run_dir = tmp_path / keep
+        assert run_cli([*TINY, f"train.keep_checkpoints={keep}", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+        kept[keep] = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert kept == {"best": ["best.pt"], "resumable": ["best.pt", "last.pt"], "all": ["best.pt", "last.prev.pt", "last.pt"]}
+    # The resume state holds no RNG state: every epoch seeds itself from (seed, epoch, rank).
+    assert "rng" not in torch.load(tmp_path / "all" / "checkpoints" / "last.pt", weights_only=True)
+
+    # A run that kept only its best weights cannot be extended: said in one line, nothing rewritten.
+    before = {name: (tmp_path / "best" / name).read_bytes() for name in ("summary.json", "metrics.jsonl")}
+    result = run_cli([*TINY, "train.epochs=3", f"hydra.run.dir={tmp_path / 'best'}"], tmp_path)
+    assert result.returncode == 1
+    assert "cannot be extended to train.epochs=3" in result.stderr.strip().splitlines()[-1]
+    assert before == {name: (tmp_path / "best" / name).read_bytes() for name in before}
+
+    # A resumable one can: it trains epoch 3 only.
+    result = run_cli([*TINY, "train.epochs=3", f"hydra.run.dir={tmp_path / 'resumable'}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = read_json(tmp_path / "resumable" / "summary.json")
+    assert (summary["epochs"], summary["restarts"], summary["resumed_from_epochs"]) == (3, 1, [2])

@@ -6,10 +6,12 @@ import torch
 import torchvision
 
 from hpcbench.errors import WeightsError
-from hpcbench.models import ARCHITECTURES, build_model, pretrained_weights_path
+from hpcbench.models import build_model, pretrained_weights_path
+
+REFERENCE_MODELS = ["mobilenet_v2", "resnet18"]
 
 
-@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
 def test_models_have_a_head_for_the_data_set_classes(name):
     model = build_model(name, num_classes=10)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
@@ -20,11 +22,10 @@ def test_mobilenet_v2_has_the_reference_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 2_236_682
 
 
-@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
 def test_pretrained_weights_load_from_torch_home(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    constructor, _ = ARCHITECTURES[name]
-    imagenet_model = constructor(weights=None)  # stands in for the published ImageNet weights
+    imagenet_model = torchvision.models.get_model(name, weights=None)  # stands in for the published ImageNet weights
     path = pretrained_weights_path(name)
     assert path.parent == tmp_path / "hub" / "checkpoints"
     path.parent.mkdir(parents=True)

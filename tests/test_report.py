@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY, compose_run, run_cli
+from helpers import TINY, compose_run, run_cli
 from omegaconf import OmegaConf
 
 from hpcbench.report import load_runs

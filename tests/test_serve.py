@@ -13,27 +13,32 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_run
+from helpers import REPO, compose_run
 from PIL import Image
 
 from hpcbench.data.pipeline import build_pipeline
-from hpcbench.data.sources import ImageFolderSource
+from hpcbench.data.sources import ImageFolderSource, balanced_first_n
 from hpcbench.models import build_model
-from hpcbench.trainer import train
+from hpcbench.rundir import read_resolved_config
+from hpcbench.serve.predictor import Predictor
+from hpcbench.training.trainer import fit
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = REPO / "outputs" / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 
 
+SERVED_SIZE = 48  # not the 32 px of the images: evaluation resizes them, and serving must resize alike
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, cifar_root) -> Path:
-    """A run trained on real CIFAR-10 (tiny settings) by the test itself."""
+    """A run trained on real CIFAR-10 (tiny settings, the default tensor pipeline) by the test itself."""
     run_dir = tmp_path_factory.mktemp("served") / "run"
-    run = compose_run(["data=image_folder", f"data.root={cifar_root}", "data.image_size=32", "data.limit_train=2000",
-                       "data.limit_test=40", "model=resnet18", "train.lr=1e-3", "train.epochs=1",
-                       "batch_size=per_device_64"])
-    train(run, run_dir)
+    run = compose_run(["data=image_folder", f"data.root={cifar_root}", f"data.image_size={SERVED_SIZE}",
+                       "data.limit_train=1000", "data.limit_test=40", "model=resnet18", "train.lr=1e-3",
+                       "train.epochs=1", "batch_size=per_device_64"])
+    fit(run, run_dir)
     return run_dir
 
 
@@ -42,18 +47,33 @@ def _predict(args: list[str]) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def test_cli_top1_equals_an_offline_evaluation_of_the_checkpoint(trained_run, cifar_root):
-    run = compose_run(["data=image_folder", f"data.root={cifar_root}", "data.image_size=32", "data.limit_test=40",
-                       "data.pipeline=pil", "data.num_workers=0", "model=resnet18"])
-    checkpoint = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)
-    model = build_model("resnet18", len(checkpoint["classes"]))
-    model.load_state_dict(checkpoint["model"])
-    model.eval()
+def _evaluation_batches(trained_run: Path):
+    """The run's own test batches, from its own config and pipeline, and the files behind them."""
+    run = read_resolved_config(trained_run)
     pipeline = build_pipeline(run, 0, 1, torch.device("cpu"))
+    source = ImageFolderSource(Path(run.data.root), "test")
+    files = [source.paths[i] for i in balanced_first_n(source.labels, run.data.limit_test)]
+    images = torch.cat([batch for batch, _ in pipeline.test_loader])
+    return images, files
+
+
+def test_serving_sees_exactly_the_pixels_evaluation_saw(trained_run):
+    images, files = _evaluation_batches(trained_run)
+    predictor = Predictor(trained_run, device="cpu")
+    with Image.open(files[0]) as first:
+        assert first.size != (SERVED_SIZE, SERVED_SIZE)  # so the resize is part of what is compared
+    served = torch.stack([predictor.transform(predictor.prepare(Image.open(path))) for path in files])
+    assert served.shape == images.shape
+    assert (served - images).abs().max().item() == 0.0
+
+
+def test_cli_top1_equals_an_offline_evaluation_of_the_checkpoint(trained_run):
+    images, files = _evaluation_batches(trained_run)
+    checkpoint = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=True)
+    model = build_model("resnet18", len(checkpoint["classes"]), image_size=SERVED_SIZE)
+    model.load_state_dict(checkpoint["model"])
     with torch.no_grad():
-        offline = torch.cat([model(images).argmax(1) for images, _ in pipeline.test_loader]).tolist()
-    source = ImageFolderSource(cifar_root, "test")
-    files = [source.paths[i] for i in pipeline.test_loader.dataset.indices]
+        offline = model.eval()(images).argmax(1).tolist()
 
     result = _predict([str(trained_run), *map(str, files), "--json"])
     assert result.returncode == 0, result.stderr

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, read_json, run_cli
+from helpers import TINY, read_json, run_cli
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -95,8 +95,10 @@ def test_a_failing_job_is_reported_and_the_others_finish(tmp_path):
     failed_id = jobs[0]["slurm_job_id"]
     assert jobs[0]["state"] == "FAILED" and jobs[0]["error"] == f"Slurm job {failed_id} FAILED"
     assert jobs[1]["state"] == "COMPLETED"
-    assert f"Slurm job {failed_id} ended FAILED; stderr tail:" in result.stderr
-    assert "missing/train does not exist" in result.stderr  # the job's own stderr, quoted
+    # The run's own one-line error, not a traceback, and where the job's log is.
+    [line] = [line for line in result.stderr.splitlines() if f"Slurm job {failed_id} ended FAILED: " in line]
+    assert "DataError: image folder" in line and "missing/train does not exist" in line and "(log: " in line
+    assert "Traceback" not in result.stderr
     assert read_json(sweep / "0" / "summary.json")["status"] == "failed"
     assert read_json(sweep / "1" / "summary.json")["status"] == "completed"
 

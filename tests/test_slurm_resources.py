@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import TINY, compose_run, run_cli
+from helpers import TINY, compose_run, run_cli
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 

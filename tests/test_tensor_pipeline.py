@@ -6,16 +6,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, compose_run
+from helpers import TINY, compose_run
 from PIL import Image
 from torchvision import transforms as T
 
 from hpcbench.data.augment import AugmentParams, augment, resize_and_normalise, sample_params
 from hpcbench.data.pipeline import build_pipeline
-from hpcbench.data.sources import SyntheticSource
-from hpcbench.data.tensor_pipeline import CACHE_DIR
+from hpcbench.data.sources import CACHE_DIR, SyntheticSource
 from hpcbench.data.transforms import CROP_SCALE, eval_transform
-from hpcbench.trainer import train
+from hpcbench.training.trainer import fit
 
 CPU = torch.device("cpu")
 
@@ -95,7 +94,7 @@ def _cifar_run(tmp_path, cifar_root, name, overrides):
     run = compose_run(["data=image_folder", f"data.root={cifar_root}", "data.image_size=32", "data.limit_train=4000",
                        "data.limit_test=1000", "model=resnet18", "train.lr=1e-3", "train.epochs=2",
                        "batch_size=per_device_64", *overrides])
-    return train(run, tmp_path / name)
+    return fit(run, tmp_path / name)
 
 
 @pytest.mark.slow
@@ -119,9 +118,9 @@ def test_the_decode_cache_is_reused_and_a_damaged_one_rebuilt(tmp_path):
             for i in range(6):
                 Image.new("RGB", (32, 32), (40 * i, 200 * label, 90)).save(root / split / f"c{label}" / f"{i}.png")
     overrides = [*TINY, "data=image_folder", f"data.root={root}", "train.epochs=1"]
-    first = train(compose_run(overrides), tmp_path / "first")
+    first = fit(compose_run(overrides), tmp_path / "first")
     [cache] = (root / CACHE_DIR).glob("train-*.pt")
     cache.write_bytes(b"damaged")
-    second = train(compose_run(overrides), tmp_path / "second")
+    second = fit(compose_run(overrides), tmp_path / "second")
     assert first.final_test_acc == second.final_test_acc
     assert torch.load(cache, weights_only=True).shape == (12, 3, 32, 32)

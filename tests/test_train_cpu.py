@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, compose_run, read_json, read_metrics, run_cli, run_dirs
+from helpers import TINY, compose_run, read_json, read_metrics, run_cli, run_dirs
 
 from hpcbench.rundir import EpochMetrics, RunSummary
-from hpcbench.trainer import train
+from hpcbench.training.trainer import fit
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ SUMMARY_KEYS = set(RunSummary.__dataclass_fields__)
 def _train_in_process(tmp_path, overrides, name="run"):
     run = compose_run([*TINY, *overrides])
     out = tmp_path / name
-    summary = train(run, out)
+    summary = fit(run, out)
     return out, summary
 
 
@@ -28,8 +28,9 @@ def test_cli_run_writes_a_complete_run_directory(tmp_path):
     assert result.returncode == 0, result.stderr
     [run_dir] = run_dirs(tmp_path / "outputs")
     for name in [".hydra/config.yaml", ".hydra/overrides.yaml", "resolved_config.yaml", "metrics.jsonl",
-                 "summary.json", "env.json", "checkpoints/best.pt", "checkpoints/last.pt", "train.log"]:
+                 "summary.json", "env.json", "checkpoints/best.pt", "train.log"]:
         assert (run_dir / name).is_file(), name
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["best.pt"]  # train.keep_checkpoints=best
 
     metrics = read_metrics(run_dir)
     assert [m["epoch"] for m in metrics] == [1, 2]

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hpcbench.config import RunConfig, per_device_batch
-from hpcbench.data.pipeline import DataPipeline, ShardSampler, train_shard_sampler
+from hpcbench.data.sampling import MIN_TRAIN_BATCH, DataPipeline, ShardSampler, train_shard_sampler
 from hpcbench.data.sources import ImageSource, balanced_first_n, open_source
 from hpcbench.data.transforms import eval_transform, train_transform
 
@@ -40,9 +40,7 @@ def build_pil_pipeline(run: RunConfig, rank: int, world_size: int) -> DataPipeli
     # One sampler for serial and DDP runs: a seeded permutation per epoch, split over the ranks.
     train_sampler = train_shard_sampler(len(train_set), rank, world_size, run.train.seed)
     workers = dict(num_workers=data.num_workers, persistent_workers=False, pin_memory=run.mode.device == "cuda")
-    # A last training batch of one image breaks BatchNorm ("expected more than 1 value per
-    # channel") at small image sizes; drop it in that case only.
-    drop_last = len(train_sampler) % batch == 1
+    drop_last = 0 < len(train_sampler) % batch < MIN_TRAIN_BATCH
     train_loader = DataLoader(
         train_set, batch_size=batch, sampler=train_sampler, generator=torch.Generator(), drop_last=drop_last, **workers
     )

@@ -1,10 +1,13 @@
 """Image sources: a split of a data set as indexable (uint8 HxWx3 image, label) pairs.
 
 Every source exposes the same small interface, so subsetting, pipelines and serving never
-care where images come from: `labels`, `classes`, `load(i) -> PIL.Image`.
+care where images come from: `labels`, `classes`, `load(i) -> PIL.Image` for the PIL pipeline,
+`decode(indices) -> uint8 array` for the tensor pipeline, and `cache_path(...)` where decoding is
+worth caching on disk.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Protocol, Sequence
@@ -14,6 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from hpcbench.config import DataConfig
 from hpcbench.errors import DataError
+
+CACHE_DIR = ".hpcbench-cache"  # beside an image folder's train/ and test/
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -25,6 +30,25 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
     def load(self, index: int) -> Image.Image: ...
+
+    def decode(self, indices: Sequence[int]) -> np.ndarray:
+        """The images at `indices` as one (N, H, W, 3) uint8 array (all of one size)."""
+        ...
+
+    def cache_path(self, indices: Sequence[int], split: str) -> Optional[Path]:
+        """Where `decode(indices)` may be cached, or None when decoding is cheaper than reading a cache."""
+        ...
+
+
+def stack_same_size(arrays: List[np.ndarray], names: Sequence[object]) -> np.ndarray:
+    """One (N, H, W, 3) array; images of different sizes cannot share one tensor."""
+    for array, name in zip(arrays, names, strict=True):
+        if array.shape != arrays[0].shape:
+            raise DataError(
+                f"the tensor pipeline needs images of one size: {name} is {array.shape[1]}x{array.shape[0]}, "
+                f"others {arrays[0].shape[1]}x{arrays[0].shape[0]}; use data.pipeline=pil"
+            )
+    return np.stack(arrays)
 
 
 def balanced_first_n(labels: Sequence[int], n: Optional[int]) -> List[int]:
@@ -88,6 +112,12 @@ class SyntheticSource:
     def load(self, index: int) -> Image.Image:
         return Image.fromarray(self.array(index))
 
+    def decode(self, indices: Sequence[int]) -> np.ndarray:
+        return np.stack([self.array(i) for i in indices])
+
+    def cache_path(self, indices: Sequence[int], split: str) -> Optional[Path]:
+        return None  # generating is as fast as reading
+
 
 # --- an ImageFolder tree (train/<class>/*.jpg, test/<class>/*.jpg) ---------------------------
 
@@ -127,6 +157,18 @@ class ImageFolderSource:
         except (OSError, UnidentifiedImageError) as error:
             raise DataError(f"cannot read image {path}: {error}") from error
 
+    def decode(self, indices: Sequence[int]) -> np.ndarray:
+        return stack_same_size([np.asarray(self.load(i)) for i in indices], [self.paths[i] for i in indices])
+
+    def cache_path(self, indices: Sequence[int], split: str) -> Optional[Path]:
+        """Keyed by the files' names, sizes and modification times: a changed file is decoded again."""
+        digest = hashlib.sha1()
+        for index in indices:
+            path = self.paths[index]
+            stat = path.stat()
+            digest.update(f"{path.relative_to(self.root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return self.root / CACHE_DIR / f"{split}-{len(indices)}-{digest.hexdigest()[:16]}.pt"
+
 
 # --- torchvision's CIFAR10 (the official python archive) ----------------------------------------
 
@@ -161,6 +203,12 @@ class Cifar10Source:
 
     def load(self, index: int) -> Image.Image:
         return Image.fromarray(self.arrays[index])
+
+    def decode(self, indices: Sequence[int]) -> np.ndarray:
+        return self.arrays[list(indices)]
+
+    def cache_path(self, indices: Sequence[int], split: str) -> Optional[Path]:
+        return None  # already one array in memory
 
 
 def open_source(data: DataConfig, split: str, seed: int) -> ImageSource:

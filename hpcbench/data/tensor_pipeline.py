@@ -1,72 +1,34 @@
 """The fast pipeline: the data set decoded once into a uint8 tensor on the training device,
 augmented a whole batch at a time there (augment.py). No worker processes, no PIL per image.
 
-Decoding an image folder is cached next to the data (`<root>/.hpcbench-cache/`), keyed by the
-files' names, sizes and modification times, so later runs skip it.
+Sources whose decoding is slow (image folders) name a cache file (`ImageSource.cache_path`);
+later runs read the decoded tensor from there.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Callable, Iterator, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from hpcbench.config import RunConfig, per_device_batch
 from hpcbench.data.augment import augment, resize_and_normalise
-from hpcbench.data.pipeline import DataPipeline, ShardSampler, train_shard_sampler
-from hpcbench.data.sources import (
-    Cifar10Source,
-    ImageFolderSource,
-    ImageSource,
-    SyntheticSource,
-    balanced_first_n,
-    open_source,
-)
-from hpcbench.errors import DataError
-from hpcbench.rundir import atomic_write_bytes, torch_bytes
+from hpcbench.data.sampling import DataPipeline, ShardSampler, train_batches, train_shard_sampler
+from hpcbench.data.sources import ImageSource, balanced_first_n, open_source
+from hpcbench.files import atomic_write_bytes, torch_bytes
 
 log = logging.getLogger("hpcbench")
 
-CACHE_DIR = ".hpcbench-cache"
-
-
-def _fingerprint(source: ImageFolderSource, indices: Sequence[int]) -> str:
-    digest = hashlib.sha1()
-    for index in indices:
-        path = source.paths[index]
-        stat = path.stat()
-        digest.update(f"{path.relative_to(source.root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def _decode(source: ImageSource, indices: Sequence[int]) -> np.ndarray:
-    if isinstance(source, SyntheticSource):
-        return np.stack([source.array(i) for i in indices])
-    if isinstance(source, Cifar10Source):
-        return source.arrays[list(indices)]
-    arrays = []
-    for index in indices:
-        array = np.asarray(source.load(index))
-        if arrays and array.shape != arrays[0].shape:
-            raise DataError(
-                f"the tensor pipeline needs images of one size: {source.paths[index]} is {array.shape[1]}x{array.shape[0]}, "
-                f"others {arrays[0].shape[1]}x{arrays[0].shape[0]}; use data.pipeline=pil"
-            )
-        arrays.append(array)
-    return np.stack(arrays)
-
 
 def _decode_nchw(source: ImageSource, indices: Sequence[int]) -> torch.Tensor:
-    return torch.from_numpy(_decode(source, indices)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(source.decode(indices)).permute(0, 3, 1, 2).contiguous()
 
 
 def load_uint8(source: ImageSource, indices: Sequence[int], split: str) -> torch.Tensor:
-    """(N, 3, H, W) uint8 images of `indices`; image folders go through the on-disk cache."""
-    if not isinstance(source, ImageFolderSource):
+    """(N, 3, H, W) uint8 images of `indices`, through the source's on-disk cache if it has one."""
+    cache = source.cache_path(indices, split)
+    if cache is None:
         return _decode_nchw(source, indices)
-    cache = source.root / CACHE_DIR / f"{split}-{len(indices)}-{_fingerprint(source, indices)}.pt"
     if cache.is_file():
         try:
             return torch.load(cache, weights_only=True)
@@ -91,12 +53,10 @@ class TensorBatches:
         self.indices, self.transform, self.drop_single_last = indices, transform, drop_single_last
         self.generator = torch.Generator(device=images.device)
 
-    def _drops_last(self) -> bool:
-        # BatchNorm cannot train on one image: drop a last batch of one, as pil_pipeline.py does.
-        return self.drop_single_last and self.count % self.batch_size == 1
-
     def __len__(self) -> int:
-        return -(-self.count // self.batch_size) - int(self._drops_last())
+        if self.drop_single_last:
+            return train_batches(self.count, self.batch_size)
+        return -(-self.count // self.batch_size)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         for batch in list(torch.split(self.indices(), self.batch_size))[: len(self)]:

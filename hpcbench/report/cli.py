@@ -10,11 +10,11 @@ from typing import List, Optional
 
 from hpcbench.cli import fail
 from hpcbench.errors import HpcbenchError
+from hpcbench.files import atomic_write_text
 from hpcbench.report import plots
 from hpcbench.report.collect import collect
 from hpcbench.report.markdown import render, studies_json, study_names
 from hpcbench.report.scaling import add_scaling_columns, configurations, fit_scaling_laws
-from hpcbench.rundir import atomic_write_text
 
 CSV_FLOAT = "%.6f"
 
@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_labels(collection) -> dict:
-    return {r.run_dir: f"{Path(r.run_dir).name}: {r.mode} {r.device} x{r.world_size} b{r.batch_per_device} ({r.scaling})"
+    """run -> (its name, its configuration) for the curves' legend."""
+    return {r.run_dir: (Path(r.run_dir).name, f"{r.mode} {r.device} x{r.world_size} b{r.batch_per_device} ({r.scaling})")
             for r in collection.runs.itertuples()}
 
 

@@ -10,10 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 
 from hpcbench.report.scaling import PREDICT_UP_TO, ScalingFit  # noqa: E402
 
 FIGSIZE = (7.0, 4.5)
+LEGEND_RUNS = 20  # curves_plot names each run in its legend up to this many runs
 DPI = 100
 PNG_METADATA = {"Software": None}  # no version string: identical inputs give identical files
 
@@ -76,12 +78,28 @@ def time_breakdown_plot(table: pd.DataFrame, labels: List[str], path: Path) -> s
     return _save(figure, path)
 
 
-def curves_plot(metrics: Dict[str, List[dict]], labels: Dict[str, str], path: Path) -> str:
+def curves_plot(metrics: Dict[str, List[dict]], labels: Dict[str, tuple], path: Path) -> str:
+    """One curve per run. Up to LEGEND_RUNS runs the legend names each run; beyond, the runs of a
+    configuration share a colour and one legend entry (a legend of 1,000 runs is unreadable, and
+    drawing it took most of a large report's time)."""
     figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(10.0, 4.5))
-    for name in sorted(metrics):
-        epochs = [m["epoch"] for m in metrics[name]]
-        acc_axis.plot(epochs, [m["test_acc"] for m in metrics[name]], marker=".", label=labels[name])
-        loss_axis.plot(epochs, [m["test_loss"] for m in metrics[name]], marker=".", label=labels[name])
+    axes = {"test_acc": acc_axis, "test_loss": loss_axis}
+    if len(metrics) <= LEGEND_RUNS:
+        for name in sorted(metrics):
+            run, configuration = labels[name]
+            epochs = [m["epoch"] for m in metrics[name]]
+            for key, axis in axes.items():
+                axis.plot(epochs, [m[key] for m in metrics[name]], marker=".", label=f"{run}: {configuration}")
+    else:
+        by_configuration: Dict[str, List[str]] = {}
+        for name in sorted(metrics):
+            by_configuration.setdefault(labels[name][1], []).append(name)
+        for index, (configuration, names) in enumerate(sorted(by_configuration.items())):
+            for key, axis in axes.items():
+                lines = [[(m["epoch"], m[key]) for m in metrics[name]] for name in names]
+                axis.add_collection(LineCollection(lines, colors=f"C{index % 10}", linewidths=0.6, label=configuration))
+        for axis in axes.values():
+            axis.autoscale()
     acc_axis.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy per epoch")
     loss_axis.set(xlabel="epoch", ylabel="test loss", title="Test loss per epoch")
     acc_axis.legend(fontsize=6)

@@ -1,8 +1,10 @@
 """A trained run as a classifier: the model rebuilt from the run's own config and its best
-checkpoint (loaded safely), images prepared by the same eval transform training used.
+checkpoint (loaded safely), each image prepared by the evaluation path of the pipeline the run
+used (`data.pipeline`: torch's resize on uint8 pixels for `tensor`, PIL's for `pil`), so a served
+image gets exactly the pixels evaluation gave it.
 
 The original study's web page normalised with CIFAR statistics while training used ImageNet's;
-here there is one definition (hpcbench.data.transforms.eval_transform) and nothing to copy wrong.
+here there is one definition per pipeline (hpcbench.data.pipeline.eval_preprocess).
 """
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from typing import List, Union
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from hpcbench.checkpoint import CheckpointError, safe_load
-from hpcbench.data.transforms import eval_transform
+from hpcbench.data.pipeline import eval_preprocess
 from hpcbench.errors import HpcbenchError
 from hpcbench.models import build_model
-from hpcbench.rundir import CHECKPOINTS, read_resolved_config
+from hpcbench.rundir import BEST, CHECKPOINTS, RESOLVED_CONFIG, read_resolved_config
+from hpcbench.training.checkpoint import CheckpointError, safe_load
 
 MAX_PIXELS = 50_000_000  # refuse decompression bombs instead of exhausting memory
 
@@ -45,14 +47,14 @@ def _checkpoint_path(target: Path) -> tuple[Path, Path]:
     if target.is_file():
         return target.parent.parent, target
     if target.is_dir():
-        return target, target / CHECKPOINTS / "best.pt"
+        return target, target / CHECKPOINTS / f"{BEST}.pt"
     raise PredictionError(f"{target} is neither a run directory nor a checkpoint file")
 
 
 class Predictor:
     def __init__(self, target: Union[str, Path], threshold: float = 0.5, device: str = "auto"):
         run_dir, checkpoint = _checkpoint_path(Path(target))
-        if not (run_dir / "resolved_config.yaml").is_file():
+        if not (run_dir / RESOLVED_CONFIG).is_file():
             raise PredictionError(f"{run_dir} holds no resolved_config.yaml: is it an hpcbench run directory?")
         if not checkpoint.is_file():
             raise PredictionError(f"{checkpoint} does not exist: has the run finished an epoch?")
@@ -61,7 +63,7 @@ class Predictor:
         self.classes: List[str] = list(state.get("classes") or [])
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
-        self.model = build_model(self.config.model.name, len(self.classes))
+        self.model = build_model(self.config.model.name, len(self.classes), image_size=self.config.data.image_size)
         try:
             self.model.load_state_dict(state["model"])
         except (KeyError, RuntimeError) as error:
@@ -69,7 +71,7 @@ class Predictor:
             raise CheckpointError(f"{checkpoint} does not match the run's config ({self.config.model.name}, "
                                   f"{len(self.classes)} classes): {first}") from None
         self.model.to(self.device).eval()
-        self.transform = eval_transform(self.config.data.image_size)
+        self.transform = eval_preprocess(self.config.data.pipeline, self.config.data.image_size)
         self.threshold = threshold
         self.run_dir, self.checkpoint = run_dir, checkpoint
         self.epoch, self.test_acc = state.get("epoch"), state.get("test_acc")

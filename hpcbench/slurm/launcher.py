@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpcbench.config import to_run_config
 from hpcbench.errors import ConfigError, HpcbenchError
-from hpcbench.rundir import RunDirectory
+from hpcbench.rundir import RunDirectory, read_summary
 from hpcbench.slurm.job import HydraSlurmJob
 from hpcbench.slurm.manifest import Manifest, ManifestJob
 from hpcbench.slurm.monitor import category, stderr_tail, wait_for
@@ -87,6 +87,15 @@ def _job_return(job: PlannedJob, status: JobStatus, value: Any) -> JobReturn:
     return result
 
 
+def why_failed(job: PlannedJob, handle: Any) -> str:
+    """The run's own one-line error (for DDP: the rank that failed first) with where its log is;
+    the tail of the job's stderr when the run could not say (it never started, it was killed)."""
+    error = read_summary(job.run_dir).get("error") if job.run_dir.is_dir() else None
+    if error:
+        return f"{error} (log: {handle.paths.stderr})"
+    return "stderr tail:\n" + stderr_tail(handle)
+
+
 def print_dry_run(groups: Dict[SlurmRequest, List[PlannedJob]], folder: Path, options: LauncherOptions) -> None:
     out = sys.stdout
     out.write(f"Dry run: {sum(len(g) for g in groups.values())} job(s) in {len(groups)} array(s); nothing is submitted.\n")
@@ -151,8 +160,7 @@ class SlurmSweep:
                 returns.append(handle.results()[0])
                 continue
             entry.error = f"Slurm job {handle.job_id} {entry.state}"
-            failures.append(f"{job.label}: Slurm job {handle.job_id} ended {entry.state}; stderr tail:\n"
-                            + stderr_tail(handle))
+            failures.append(f"{job.label}: Slurm job {handle.job_id} ended {entry.state}: " + why_failed(job, handle))
             if job.run_dir.is_dir():
                 RunDirectory(job.run_dir).mark_failed_if_running(entry.error)
             returns.append(_job_return(job, JobStatus.FAILED, SlurmSweepError(

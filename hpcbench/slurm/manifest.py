@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hpcbench.errors import HpcbenchError
-from hpcbench.rundir import atomic_write_text
+from hpcbench.files import atomic_write_text
 
 MANIFEST = "manifest.json"
 

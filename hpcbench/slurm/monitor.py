@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import sys
 import time
 from typing import Dict, Iterable, List
+
+from hpcbench.progress import Progress
 
 log = logging.getLogger("hpcbench")
 
@@ -30,37 +31,16 @@ def count_line(states: Iterable[str]) -> str:
     return " | ".join(f"{counts[c]} {c}" for c in ("pending", "running", "done", "failed"))
 
 
-class Progress:
-    """One updating line on a terminal; a line per change (at most every `every_s`) otherwise."""
-
-    def __init__(self, every_s: float = 30.0):
-        self.tty = sys.stderr.isatty()
-        self.every_s, self.last_line, self.last_time = every_s, "", 0.0
-
-    def show(self, line: str) -> None:
-        if self.tty:
-            sys.stderr.write(f"\rslurm: {line}\033[K")
-            sys.stderr.flush()
-        elif line != self.last_line or time.monotonic() - self.last_time > self.every_s:
-            log.info("slurm: %s", line)
-            self.last_time = time.monotonic()
-        self.last_line = line
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
-
-
 def wait_for(jobs: List, poll_s: float, accounting_lag_s: float = 60.0) -> Dict[str, str]:
     """Poll until every submitit job is done and Slurm's accounting shows it ended (it may lag a
     job's own result file by a few seconds); returns job id -> final Slurm state."""
-    progress = Progress()
+    progress = Progress("slurm", total=len(jobs), unit="job", log=log)
     watcher = jobs[0].watcher
     all_done_since = None
     while True:
         watcher.update()  # one sacct call for all jobs
         states = {job.job_id: job.state for job in jobs}
-        progress.show(count_line(states.values()))
+        progress.update(sum(category(s) in ("done", "failed") for s in states.values()), count_line(states.values()))
         if all(job.done() for job in jobs):
             all_done_since = all_done_since or time.monotonic()
             ended = all(category(state) in ("done", "failed") for state in states.values())

@@ -10,8 +10,9 @@ import sys
 
 import torch
 
-from hpcbench.distributed import init_process_group, mpi_topology, shutdown
 from hpcbench.models import build_model
+from hpcbench.mpi.process_group import init_process_group, shutdown
+from hpcbench.mpi.topology import mpi_topology
 
 
 def step(model, images, labels):

@@ -1,5 +1,11 @@
-"""The learning-rate schedule: the original study's StepLR, plus the large-batch rules of
-Goyal et al. 2017 ("Accurate, Large Minibatch SGD") for data-parallel runs.
+"""The optimizer and the learning-rate schedule.
+
+Optimizers (`train.optimizer`): Adam (the original study's), AdamW (decoupled weight decay) and
+SGD with momentum (optionally Nesterov), the optimizer of Goyal et al. 2017's large-batch rules.
+`train.weight_decay` left unset keeps torch's default for the optimizer.
+
+The schedule is the original study's StepLR, plus the large-batch rules for data-parallel runs,
+applied whatever the optimizer:
 
     lr(epoch, step) = peak * gamma ** ((epoch - 1) // step_size)         after the warm-up
     peak            = train.lr * k       linear rule   (k = global batch / train.base_batch)
@@ -11,8 +17,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
-from hpcbench.config import RunConfig, global_batch
+import torch
+
+from hpcbench.config import RunConfig, TrainConfig, global_batch
+
+
+def build_optimizer(parameters: Iterable[torch.nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
+    decay = {} if train.weight_decay is None else {"weight_decay": train.weight_decay}
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov, **decay)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=train.lr, **decay)
+    return torch.optim.Adam(parameters, lr=train.lr, **decay)
 
 
 def lr_scale(rule: str, batch: int, base_batch: int) -> float:
@@ -43,3 +61,7 @@ class LearningRateSchedule:
         if progress < self.warmup_epochs:
             return (self.base_lr + (self.peak_lr - self.base_lr) * progress / self.warmup_epochs) * decay
         return self.peak_lr * decay
+
+    def apply(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = self.at(epoch, step)

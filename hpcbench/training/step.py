@@ -62,6 +62,9 @@ class StepOptions:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
 
+FP32 = StepOptions("fp32", channels_last=False, compile=False)
+
+
 class TrainStep:
     """forward (under autocast) -> loss -> backward (scaled for fp16) -> optimizer step."""
 

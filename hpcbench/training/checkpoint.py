@@ -1,11 +1,12 @@
-"""Checkpoints: safe loading, resume state, and the checks that keep a resume honest.
+"""Checkpoints: what they hold, which one a resumed run continues from, and safe loading.
 
 `checkpoints/last.pt` is written after every epoch (atomically; the one before it is kept as
 `last.prev.pt`, so a kill during a write never leaves only a broken file). It holds the model,
-the optimizer, the epoch, the metrics so far, the restarts and every rank's RNG states. Each epoch
-reseeds its RNGs from (seed, epoch, rank) and re-seeds the sampler, so resuming after epoch N
-trains epoch N + 1 exactly as an uninterrupted run would: a run interrupted mid-epoch repeats that
-epoch from its start.
+the optimizer (and fp16's GradScaler), the epoch, the metrics so far and the restarts. No RNG
+state: every epoch seeds its RNGs and sampler from (seed, epoch, rank) alone, so resuming after
+epoch N trains epoch N + 1 exactly as an uninterrupted run would, and a run interrupted mid-epoch
+repeats that epoch from its start. `best.pt` holds the weights, classes and config of the best
+epoch: what serving needs.
 
 Every load uses `torch.load(weights_only=True)`: a checkpoint carrying a pickled payload is
 refused without running it.
@@ -14,28 +15,50 @@ from __future__ import annotations
 
 import logging
 import pickle
-import random
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
+import torch.distributed as dist
 from omegaconf import OmegaConf
+from torch import nn
 
 from hpcbench.config import RunConfig
 from hpcbench.errors import HpcbenchError
+from hpcbench.models import unwrap
+from hpcbench.mpi.topology import Topology
+from hpcbench.rundir import LAST, PREVIOUS, EpochMetrics
 
 log = logging.getLogger("hpcbench")
 
-LAST, PREVIOUS, BEST = "last", "last.prev", "best"
 # Config groups and keys that must match for a checkpoint to continue a run.
 TRAJECTORY_KEYS = ("model", "data", "batch_size", "train", "mode.ranks", "mode.device")
 NOT_TRAJECTORY = ("data.num_workers", "data.root", "data.download", "train.epochs", "train.resume",
-                  "train.save_checkpoints")
+                  "train.save_checkpoints", "train.keep_checkpoints")
 
 
 class CheckpointError(HpcbenchError):
     """A checkpoint is unreadable, unsafe, or from another configuration."""
+
+
+def config_dict(cfg: RunConfig) -> Dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def weights_state(model: nn.Module, epoch: int, test_acc: float, classes: List[str], cfg: RunConfig) -> Dict[str, Any]:
+    """best.pt: what serving and evaluation need."""
+    return {"model": unwrap(model).state_dict(), "epoch": epoch, "test_acc": test_acc, "classes": classes,
+            "config": config_dict(cfg)}
+
+
+def resumable_state(weights: Dict[str, Any], optimizer: torch.optim.Optimizer,
+                    scaler: Optional[torch.amp.GradScaler], history: List[EpochMetrics], elapsed_s: float,
+                    restarts: int, resumed_from_epochs: List[int]) -> Dict[str, Any]:
+    """last.pt: the weights plus everything the next epoch depends on."""
+    return {**weights, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+            "history": [asdict(m) for m in history], "elapsed_s": elapsed_s, "restarts": restarts,
+            "resumed_from_epochs": resumed_from_epochs}
 
 
 def safe_load(path: Path) -> Dict[str, Any]:
@@ -71,7 +94,7 @@ def trajectory(config: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def check_compatible(path: Path, saved_config: Dict[str, Any], cfg: RunConfig) -> None:
-    saved, current = trajectory(saved_config), trajectory(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    saved, current = trajectory(saved_config), trajectory(config_dict(cfg))
     differences = [f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in sorted(set(saved) | set(current))
                    if saved.get(k) != current.get(k)]
     if differences:
@@ -108,24 +131,33 @@ def find_resume_checkpoint(checkpoint_dir: Path, cfg: RunConfig) -> Optional[Dic
     return None
 
 
-def rng_state() -> Dict[str, Any]:
-    """This process's RNG states as plain lists: they travel through all_gather_object and load
-    with weights_only."""
-    version, python_state, gauss = random.getstate()
-    numpy_state = np.random.get_state()
-    return {
-        "python": [version, list(python_state), gauss],
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-        "torch": torch.get_rng_state().tolist(),
-        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-    }
+def agreed_resume_checkpoint(checkpoint_dir: Path, cfg: RunConfig, topology: Topology) -> Optional[Dict[str, Any]]:
+    """Rank 0 picks the checkpoint (last or previous); every rank loads that same epoch's file."""
+    found, choice = None, None
+    if topology.is_main:
+        found = find_resume_checkpoint(checkpoint_dir, cfg)
+        choice = found["epoch"] if found is not None else None
+    if topology.distributed:
+        box = [choice]
+        dist.broadcast_object_list(box, src=0)
+        choice = box[0]
+    if choice is None or found is not None:
+        return found
+    for name in (LAST, PREVIOUS):
+        path = checkpoint_dir / f"{name}.pt"
+        if path.is_file():
+            try:
+                state = safe_load(path)
+            except CheckpointError:
+                continue
+            if state.get("epoch") == choice:
+                return state
+    raise CheckpointError(f"rank {topology.rank} cannot read the checkpoint of epoch {choice} in {checkpoint_dir}")
 
 
-def restore_rng_state(state: Dict[str, Any]) -> None:
-    version, python_state, gauss = state["python"]
-    random.setstate((version, tuple(python_state), gauss))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+def restore_training_state(checkpoint: Dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                           scaler: Optional[torch.amp.GradScaler]) -> None:
+    unwrap(model).load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])

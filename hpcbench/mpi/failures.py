@@ -1,0 +1,118 @@
+"""What a failing rank leaves behind, and which rank failed first.
+
+When one rank of a DDP run fails, the others fail too, in their next collective ("Connection
+closed by peer", a timeout): their errors are consequences. Every failing rank writes its
+traceback to `ranks/rank<N>.log` and a one-line record to `ranks/rank<N>.json` in the run
+directory (the only files a rank other than 0 writes there). From the records, rank 0 (or the
+process that launched the ranks, or the Slurm launcher) names the cause in one line: the rank
+and host whose own error came first, or the rank that left no record at all (killed, or its host
+or link lost).
+"""
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from hpcbench.files import atomic_write_json, atomic_write_text
+
+RANKS_DIR = "ranks"
+# How long rank 0 waits for the records of the others once its own error says a peer is gone.
+RECORD_GRACE_S = 5.0
+
+# Words of the errors a rank sees when another rank (or the link to it) is gone.
+_LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out", "timeout",
+              "socket closed", "nccl communicator was aborted", "remote process exited", "connection refused",
+              "ncclremoteerror", "failed to recv", "failed to send", "read error", "write error")
+
+
+@dataclass
+class RankFailure:
+    rank: int
+    host: str
+    time: float  # seconds since the epoch, when the error reached the rank's top level
+    error: str  # one line: type and message
+    lost_peer: bool  # a communication error: a consequence of another rank's failure
+    exit_code: int = 1  # 2 for a configuration error (every rank raises the same)
+
+    def describe(self) -> str:
+        return f"rank {self.rank} on {self.host}"
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    last = text.splitlines()[-1].strip() if text else ""
+    return f"{type(error).__name__}: {last}" if last else type(error).__name__
+
+
+def is_lost_peer(error: BaseException) -> bool:
+    import torch.distributed as dist
+
+    text = f"{type(error).__name__} {error}".lower()
+    return isinstance(error, (dist.DistNetworkError, dist.DistStoreError)) or any(w in text for w in _LOST_PEER)
+
+
+def record_failure(run_dir: Path, rank: int, host: str, error: BaseException) -> RankFailure:
+    """Write this rank's traceback and record; never raises (the run is failing already)."""
+    failure = RankFailure(rank, host, time.time(), one_line(error), is_lost_peer(error),
+                          getattr(error, "exit_code", 1))
+    folder = Path(run_dir) / RANKS_DIR
+    try:
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        atomic_write_text(folder / f"rank{rank}.log", f"rank {rank} on {host}\n{text}")
+        atomic_write_json(folder / f"rank{rank}.json", asdict(failure))
+    except OSError:
+        pass
+    return failure
+
+
+def read_failures(run_dir: Path) -> List[RankFailure]:
+    failures = []
+    for path in sorted((Path(run_dir) / RANKS_DIR).glob("rank*.json")):
+        try:
+            failures.append(RankFailure(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue
+    return failures
+
+
+def wait_for_records(run_dir: Path, world_size: int, grace_s: float = RECORD_GRACE_S) -> List[RankFailure]:
+    """The records of the failed ranks, waiting up to `grace_s` for every rank to write one."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        failures = read_failures(run_dir)
+        if len(failures) >= world_size or time.monotonic() > deadline:
+            return failures
+        time.sleep(0.2)
+
+
+def first_failure(failures: Sequence[RankFailure], hosts: Sequence[str]) -> Optional[str]:
+    """One line naming the cause: the error every rank had (a bad configuration), else the
+    earliest rank with an error of its own, else the ranks that left no record, else the earliest
+    record. None when there is nothing to say."""
+    if len(failures) == len(hosts) and len({f.error for f in failures}) == 1 and not failures[0].lost_peer:
+        return failures[0].error.partition(": ")[2] or failures[0].error
+    own = sorted((f for f in failures if not f.lost_peer), key=lambda f: f.time)
+    if own:
+        return f"{own[0].describe()} failed first: {own[0].error}"
+    recorded = {f.rank for f in failures}
+    missing = [rank for rank in range(len(hosts)) if rank not in recorded]
+    if failures and missing:
+        names = ", ".join(f"rank {rank} on {hosts[rank]}" for rank in missing)
+        return f"{names} went missing (killed, or its host or link lost); the others lost contact with it"
+    if failures:
+        earliest = min(failures, key=lambda f: f.time)
+        return f"{earliest.describe()} failed first: {earliest.error}"
+    return None
+
+
+def failure_line(error: BaseException, run_dir: Path, rank: int, hosts: Sequence[str]) -> str:
+    """What a failing rank of a DDP run says: its own error, after leaving its record; rank 0,
+    when its error says a peer is gone, names the rank that failed first instead."""
+    own = record_failure(run_dir, rank, hosts[rank], error)
+    if rank != 0 or not own.lost_peer:
+        return f"{own.describe()}: {own.error}"
+    return first_failure(wait_for_records(run_dir, len(hosts)), hosts) or own.error

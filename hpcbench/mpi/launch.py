@@ -1,0 +1,113 @@
+"""Starting the MPI ranks of a DDP run from a plain `hpcbench-train mode=ddp` command.
+
+The launch command is an argument list built from the hardware profile (mpiexec, mpirun, or srun
+with its MPI plugin); no config value ever passes through a shell. When the ranks fail, the user
+gets one line naming the rank and host that failed first; the tracebacks stay in the run
+directory (mpi/failures.py).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+from hpcbench.config import RunConfig
+from hpcbench.errors import ConfigError, HpcbenchError
+from hpcbench.mpi.failures import RANKS_DIR, first_failure, read_failures
+from hpcbench.rundir import ENV, RunDirectory, read_summary
+from hpcbench.slurm.resources import derive_request
+
+log = logging.getLogger("hpcbench")
+
+
+class RanksFailed(HpcbenchError):
+    """The MPI job of a DDP run exited non-zero."""
+
+
+class RanksStopped(HpcbenchError):
+    """The ranks stopped together (a stop signal, a diverged loss): the summary says why."""
+
+
+def find_launcher(name: str) -> str:
+    """The launcher next to this Python first (the venv's MPICH wheel), then PATH."""
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.is_file():
+        return str(beside_python)
+    found = shutil.which(name)
+    if found is None:
+        raise ConfigError(
+            f"hardware.mpi_launcher={name} is not installed here; pip install 'hpcbench[mpich]' "
+            f"or load your cluster's MPI module"
+        )
+    return found
+
+
+def mpi_command(run: RunConfig, program: List[str]) -> List[str]:
+    ranks, nodes = str(run.mode.ranks), str(run.mode.nodes)
+    hardware = run.hardware
+    if hardware.mpi_launcher == "srun":
+        return ["srun", f"--mpi={hardware.srun_mpi}", "--ntasks", ranks, "--nodes", nodes, *program]
+    launcher = find_launcher(hardware.mpi_launcher)
+    if not _is_mpich(launcher):
+        return [launcher, "-n", ranks, *program]
+    # MPICH kills every rank the moment one dies; left alone, the survivors see the loss in their
+    # next collective and say which rank went missing (their collective timeout bounds the wait).
+    # Its process manager kills them even so when a rank dies of a signal (SIGKILL, the OOM
+    # killer), unless a shell between them turns the signal into an exit status; the shell
+    # ignores the SIGUSR1 by which MPICH tells the others of a loss. The program travels as
+    # arguments, never as shell text.
+    return [launcher, "-disable-auto-cleanup", "-n", ranks, "sh", "-c", 'trap "" USR1; "$0" "$@"; exit $?', *program]
+
+
+def _is_mpich(launcher: str) -> bool:
+    """MPICH's Hydra mpiexec (the mpich wheel's, or a system MPICH), not Open MPI's mpirun."""
+    try:
+        result = subprocess.run([launcher, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "HYDRA" in result.stdout.upper()
+
+
+def worker_command(run_dir: Path) -> List[str]:
+    return [sys.executable, "-m", "hpcbench.worker", str(run_dir)]
+
+
+def rank_hosts(run_dir: Path, world_size: int) -> List[str]:
+    """Every rank's host as rank 0 recorded it in env.json (unknown before it did)."""
+    try:
+        hosts = json.loads((Path(run_dir) / ENV).read_text()).get("rank_hosts") or []
+    except (OSError, ValueError):
+        hosts = []
+    return hosts if len(hosts) == world_size else ["an unknown host"] * world_size
+
+
+def ranks_failed(run_dir: Path, world_size: int, returncode: int) -> RanksFailed:
+    """One line naming the rank and host that failed first, from the records the ranks left."""
+    failures = read_failures(run_dir)
+    cause = first_failure(failures, rank_hosts(run_dir, world_size))
+    if cause is None:
+        return RanksFailed(f"the {world_size} MPI ranks exited with status {returncode} (see {Path(run_dir) / 'train.log'})")
+    error = RanksFailed(f"{cause} (tracebacks: {Path(run_dir) / RANKS_DIR})")
+    error.exit_code = min(f.exit_code for f in failures)
+    return error
+
+
+def launch_ranks(run: RunConfig, out_dir: Path) -> None:
+    """Run the DDP ranks under MPI; they read the config from, and write into, `out_dir`."""
+    derive_request(run)  # refuses more ranks, cores or GPUs than the hardware profile has
+    run_dir = RunDirectory(out_dir)
+    run_dir.write_config(run)
+    command = mpi_command(run, worker_command(out_dir))
+    log.info("starting %d MPI ranks: %s", run.mode.ranks, " ".join(command))
+    returncode = subprocess.run(command, check=False).returncode
+    if returncode != 0:
+        summary = read_summary(out_dir)
+        if summary.get("status") in ("interrupted", "diverged"):
+            raise RanksStopped(summary.get("error") or summary["status"])
+        error = ranks_failed(out_dir, run.mode.ranks, returncode)
+        run_dir.mark_failed_if_running(str(error))
+        raise error
