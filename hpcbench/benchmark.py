@@ -1,16 +1,19 @@
-"""Steady-state training throughput: the original study's recipe against hpcbench's defaults,
-same device, model, image size and batch, interleaved (A B A B ...) so drift hits both alike.
+"""Steady-state training throughput of the real training loop (training/trainer.train_one_epoch),
+recipes side by side: each is built once, then measured in turn (A B, B A, A B, ...), so drift
+and order hit all alike. Prints medians and ratios; needs only torch and torchvision (no Hydra).
 
     python -m hpcbench.benchmark                        # 224 px, batch 32, this machine's device
-    python -m hpcbench.benchmark --device cuda --batch 256 --steps 50 --repeats 5
-    python -m hpcbench.benchmark --data-root data/cifar10   # real CIFAR-10 JPEGs instead of synthetic
+    python -m hpcbench.benchmark --device cuda --batch 256 --steps 50 --repeats 3 [--compile]
+    python -m hpcbench.benchmark --instrumentation      # the step timing's own cost
+    mpiexec -n 2 python -m hpcbench.benchmark --device cpu --instrumentation   # ... with DDP's comm hook
 
 Recipes:
   original   PIL transforms in 2 DataLoader workers, fp32, NCHW (the study's setting)
   hpcbench   device-resident uint8 data with batched augmentation, auto precision, channels_last
-  resident   (GPU) hpcbench's training step on batches already augmented on the device: the
-             ceiling the data pipeline is measured against (pipeline overhead = 1 - hpcbench/resident)
-Prints medians and ratios; nothing here needs Hydra, so it runs wherever torch and torchvision do.
+  resident   (GPU) hpcbench's step on batches already augmented on the device: the ceiling the
+             data pipeline is measured against (pipeline overhead = 1 - hpcbench / resident)
+  untimed    (--instrumentation) hpcbench without the step timing (no marks, DDP's built-in
+             all-reduce instead of the timed hook): instrumentation cost = 1 - hpcbench / untimed
 """
 from __future__ import annotations
 
@@ -19,22 +22,25 @@ import json
 import platform
 import statistics
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Dict, List, Optional
 
 import torch
 import torchvision
+from torch.nn.parallel import DistributedDataParallel
 
 from hpcbench.config import BatchSizeConfig, DataConfig, ModeConfig, ModelConfig, RunConfig, TrainConfig
 from hpcbench.data.pipeline import build_pipeline
 from hpcbench.environment import cpu_model
 from hpcbench.models import build_model
-from hpcbench.training.device import synchronize
+from hpcbench.mpi.topology import SERIAL, Topology, launched_by_mpi, mpi_topology
+from hpcbench.training.device import select_device
+from hpcbench.training.optim import LearningRateSchedule
+from hpcbench.training.signals import StopFlag
 from hpcbench.training.step import StepOptions, TrainStep
-
-WARMUP_STEPS = 3
+from hpcbench.training.timing import StepTimer, timed_allreduce_hook
+from hpcbench.training.trainer import TIMING_WARMUP_STEPS, train_one_epoch
 
 
 @dataclass(frozen=True)
@@ -45,13 +51,68 @@ class Recipe:
     channels_last: bool
     workers: int
     resident: bool = False  # pre-augmented device batches: no pipeline in the loop
+    timed: bool = True  # the trainer's step timing (marks, timed all-reduce hook)
+    compile: bool = False
 
 
-def recipes(device: torch.device) -> List[Recipe]:
-    chosen = [Recipe("original", "pil", "fp32", False, 2), Recipe("hpcbench", "tensor", "auto", True, 0)]
-    if device.type == "cuda":
-        chosen.append(Recipe("resident", "tensor", "auto", True, 0, resident=True))
-    return chosen
+def recipes(device: torch.device, args: argparse.Namespace) -> List[Recipe]:
+    """The recipes to compare (--compile applies to hpcbench's, never to the study's own)."""
+    fast = Recipe("hpcbench", "tensor", "auto", True, 0, compile=args.compile)
+    if args.instrumentation:
+        chosen = [fast, replace(fast, name="untimed", timed=False)]
+    else:
+        chosen = [Recipe("original", "pil", "fp32", False, 2), fast]
+        if device.type == "cuda":
+            chosen.append(replace(fast, name="resident", resident=True))
+    return [r for r in chosen if not args.recipes or r.name in args.recipes.split(",")]
+
+
+class FixedBatches:
+    """The same few batches, already on the device and augmented, for a whole epoch."""
+
+    def __init__(self, batches: list, steps: int):
+        self.batches, self.steps = batches, steps
+        self.batch_size = len(batches[0][1])
+        self.generator = torch.Generator()
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        return (self.batches[i % len(self.batches)] for i in range(self.steps))
+
+
+class Bench:
+    """One recipe, built once (model, optimizer, pipeline; compiled once with --compile)."""
+
+    def __init__(self, recipe: Recipe, args: argparse.Namespace, device: torch.device, topology: Topology):
+        self.recipe, self.device, self.topology = recipe, device, topology
+        steps = TIMING_WARMUP_STEPS + args.steps
+        cfg = run_config(recipe, args, steps * args.batch * topology.world_size)
+        self.pipeline = build_pipeline(cfg, topology.rank, topology.world_size, device)
+        if recipe.resident:
+            self.pipeline.set_epoch(1, seed=0)
+            loader = iter(self.pipeline.train_loader)
+            self.pipeline.train_loader = FixedBatches([next(loader) for _ in range(4)], steps)
+        options = StepOptions.resolve(recipe.precision, recipe.channels_last, recipe.compile, device)
+        timer = StepTimer(device, enabled=recipe.timed)
+        model = options.prepare_model(build_model(args.model, len(self.pipeline.classes), image_size=args.image_size)
+                                      .to(device))
+        if topology.distributed:
+            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            if recipe.timed:
+                model.register_comm_hook(timer, timed_allreduce_hook)
+        compiled = torch.compile(model) if options.compile else model
+        self.step = TrainStep(compiled, torch.optim.Adam(model.parameters(), lr=1e-4), options, device, timer)
+        self.schedule = LearningRateSchedule(1e-4, 1e-4, 0, 10**9, 1.0, steps)
+        self.epoch = 0
+
+    def measure(self) -> float:
+        """Training images per second of all ranks, the loop's own figure (warm-up steps left out)."""
+        self.epoch += 1
+        self.pipeline.set_epoch(self.epoch, seed=0)
+        result = train_one_epoch(self.step, self.pipeline, self.schedule, self.epoch, self.topology, "", StopFlag())
+        return result.samples_per_s
 
 
 def run_config(recipe: Recipe, args: argparse.Namespace, images: int) -> RunConfig:
@@ -63,81 +124,92 @@ def run_config(recipe: Recipe, args: argparse.Namespace, images: int) -> RunConf
                      train=TrainConfig(precision=recipe.precision, channels_last=recipe.channels_last))
 
 
-def measure(recipe: Recipe, args: argparse.Namespace, device: torch.device) -> float:
-    """Training images per second over `args.steps` steps after the warm-up steps."""
-    steps = WARMUP_STEPS + args.steps
-    cfg = run_config(recipe, args, steps * args.batch)
-    pipeline = build_pipeline(cfg, rank=0, world_size=1, device=device)
-    pipeline.set_epoch(1, seed=0)
-    options = StepOptions.resolve(recipe.precision, recipe.channels_last, args.compile, device)
-    model = options.prepare_model(build_model(args.model, len(pipeline.classes), image_size=args.image_size).to(device))
-    step = TrainStep(torch.compile(model) if options.compile else model,
-                     torch.optim.Adam(model.parameters(), lr=1e-4), options, device)
-    model.train()
-    batches = iter(pipeline.train_loader)
-    if recipe.resident:
-        fixed = [next(batches) for _ in range(4)]
-        batches = (fixed[i % 4] for i in range(steps))
-    start = None
-    for index in range(steps):
-        if index == WARMUP_STEPS:
-            synchronize(device)
-            start = time.perf_counter()
-        images, labels = next(batches)
-        step(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
-    synchronize(device)
-    return args.steps * args.batch / (time.perf_counter() - start)
+def _topology() -> Topology:
+    """Under mpiexec, the ranks of a DDP benchmark (gloo on CPUs, NCCL on GPUs); else serial."""
+    if not launched_by_mpi():
+        return SERIAL
+    from mpi4py import MPI
+
+    return mpi_topology(MPI.COMM_WORLD.Get_size())
 
 
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({torch.get_num_threads()} threads per rank)"
 
 
-def main(argv: Optional[List[str]] = None) -> Dict:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hpcbench.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement (after 3 warm-up steps)")
+    parser.add_argument("--batch", type=int, default=32, help="per rank")
+    parser.add_argument("--steps", type=int, default=8, help=f"timed steps per measurement (after {TIMING_WARMUP_STEPS})")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in the hpcbench recipes")
+    parser.add_argument("--instrumentation", action="store_true", help="hpcbench with and without the step timing")
+    parser.add_argument("--recipes", default="", help="only these, comma-separated (e.g. hpcbench,resident)")
     parser.add_argument("--data-root", default=None, help="an ImageFolder tree (train/<class>/...) instead of synthetic data")
     parser.add_argument("--json", default=None, help="also write the results to this file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    args = _parser().parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
-    chosen = recipes(device)
+    topology = _topology()
+    device = select_device(args.device, topology)
+    if topology.distributed:
+        from hpcbench.mpi.process_group import init_process_group, resolve_backend
+
+        torch.set_num_threads(max(1, torch.get_num_threads() // topology.local_size))
+        init_process_group(topology, resolve_backend("auto", args.device), 300)
+    chosen = recipes(device, args)
+    benches = [Bench(recipe, args, device, topology) for recipe in chosen]
+    say = print if topology.is_main else (lambda *a, **k: None)
     rates: Dict[str, List[float]] = {r.name: [] for r in chosen}
     for repeat in range(args.repeats):
-        for recipe in chosen:  # interleaved
-            rates[recipe.name].append(measure(recipe, args, device))
-            print(f"repeat {repeat + 1}/{args.repeats} {recipe.name:9s} {rates[recipe.name][-1]:9.1f} img/s", flush=True)
+        # Interleaved, in ABBA order: drift and whichever-runs-first effects hit every recipe alike.
+        for bench in benches if repeat % 2 == 0 else benches[::-1]:
+            rates[bench.recipe.name].append(bench.measure())
+            say(f"repeat {repeat + 1}/{args.repeats} {bench.recipe.name:9s} {rates[bench.recipe.name][-1]:9.1f} img/s",
+                flush=True)
     medians = {name: statistics.median(values) for name, values in rates.items()}
     result = {
         "date": date.today().isoformat(), "hardware": hardware(device), "device": args.device,
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
-        "model": args.model, "image_size": args.image_size, "batch": args.batch, "steps": args.steps,
-        "repeats": args.repeats, "rates": rates, "medians": medians,
-        "speedup_vs_original": medians["hpcbench"] / medians["original"],
+        "ranks": topology.world_size, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "python": platform.python_version(), "model": args.model, "image_size": args.image_size,
+        "batch_per_rank": args.batch, "steps": args.steps, "repeats": args.repeats, "compile": args.compile,
+        "rates": rates, "medians": medians,
         "precision": StepOptions.resolve("auto", None, False, device).precision,
     }
-    if "resident" in medians:
-        result["pipeline_overhead"] = 1 - medians["hpcbench"] / medians["resident"]
-    print(f"\n{args.model} at {args.image_size} px, batch {args.batch}, on {result['hardware']}; torch {torch.__version__}")
-    print("| recipe | median img/s | runs |\n|---|---|---|")
+    if "hpcbench" in medians:
+        for other, key in (("original", "speedup_vs_original"), ("resident", "pipeline_overhead"),
+                           ("untimed", "instrumentation_cost")):
+            if other in medians:
+                ratio = medians["hpcbench"] / medians[other]
+                result[key] = ratio if other == "original" else 1 - ratio
+    say(f"\n{args.model} at {args.image_size} px, batch {args.batch} per rank x {topology.world_size} rank(s), "
+        f"on {result['hardware']}; torch {torch.__version__}{', compiled' if args.compile else ''}")
+    say("| recipe | median img/s | runs |\n|---|---|---|")
     for name, values in rates.items():
-        print(f"| {name} | {medians[name]:.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
-    print(f"hpcbench / original: {result['speedup_vs_original']:.2f}x (hpcbench precision: {result['precision']})")
+        say(f"| {name} | {medians[name]:.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
+    if "speedup_vs_original" in result:
+        say(f"hpcbench / original: {result['speedup_vs_original']:.2f}x (hpcbench precision: {result['precision']})")
     if "pipeline_overhead" in result:
-        print(f"data pipeline overhead (1 - hpcbench / resident): {result['pipeline_overhead'] * 100:.1f}%")
-    if args.json:
+        say(f"data pipeline overhead (1 - hpcbench / resident): {result['pipeline_overhead'] * 100:.1f}%")
+    if "instrumentation_cost" in result:
+        say(f"instrumentation cost (1 - timed / untimed): {result['instrumentation_cost'] * 100:+.1f}%")
+    if args.json and topology.is_main:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)
     sys.stdout.flush()
+    if topology.distributed:
+        from hpcbench.mpi.process_group import shutdown
+
+        shutdown()
     return result
 
 

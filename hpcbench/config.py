@@ -80,6 +80,10 @@ class PartitionConfig:
     max_nodes: int = positive(1)
     time_limit_min: int = positive(60)  # the partition's own wall-time ceiling
     cpus_per_task: Optional[int] = positive(None)  # default cores per task; None: an equal share of the node
+    # Nominal ceilings, for the report's "against the datasheet" columns (optional; the run
+    # measures its own in any case, train.probe):
+    peak_tflops: Optional[float] = positive(None)  # dense peak of one GPU (or one core), in the runs' precision
+    interconnect_gbps: Optional[float] = positive(None)  # all-reduce bus bandwidth between nodes, GB/s
 
 
 @dataclass
@@ -158,6 +162,7 @@ class TrainConfig:
     precision: str = one_of("auto", PRECISIONS)  # autocast dtype; auto: bf16 where native, fp16 on older GPUs
     channels_last: Optional[bool] = None  # None: on (faster convolutions on CPUs and GPUs)
     compile: bool = False  # torch.compile the model (GPU: faster after a compile of a minute or two)
+    probe: bool = True  # measure the interconnect, processor and model FLOPs at start (seconds)
 
 
 @dataclass
@@ -240,6 +245,17 @@ def validate(run: RunConfig) -> None:
             run.batch_size.size % run.mode.ranks == 0,
             f"batch_size.size={run.batch_size.size} (global, strong scaling) is not divisible by mode.ranks={run.mode.ranks}",
         )
+
+
+def run_partition(run: RunConfig) -> Tuple[str, PartitionConfig]:
+    """The partition of the hardware profile that `run` runs on (by its device)."""
+    hardware = run.hardware
+    name = hardware.gpu_partition if run.mode.device == "cuda" else hardware.cpu_partition
+    key = "hardware.gpu_partition" if run.mode.device == "cuda" else "hardware.cpu_partition"
+    if name not in hardware.partitions:
+        known = ", ".join(sorted(hardware.partitions)) or "none"
+        raise ConfigError(f"{key}={name} is not a partition of hardware={hardware.name} (it has: {known})")
+    return name, hardware.partitions[name]
 
 
 def per_device_batch(run: RunConfig) -> int:

@@ -7,6 +7,7 @@
     env.json                hardware, software versions, git commit, Slurm variables
     checkpoints/best.pt     weights with the best test accuracy
     checkpoints/last.pt     everything needed to resume (and last.prev.pt, the one before it)
+    probe.json              the ceilings measured at the start: interconnect, processor, model FLOPs
     train.log               the log
     ranks/rank<N>.log       a failed rank's traceback (ranks/rank<N>.json: its one-line record)
 
@@ -33,6 +34,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 ENV = "env.json"
 RESOLVED_CONFIG = "resolved_config.yaml"
+PROBE = "probe.json"
 CHECKPOINTS = "checkpoints"
 LAST, PREVIOUS, BEST = "last", "last.prev", "best"  # checkpoints/<name>.pt
 
@@ -48,10 +50,22 @@ class EpochMetrics:
     epoch_time_s: float  # training + evaluation, wall clock
     train_time_s: float
     eval_time_s: float
-    data_time_s: float  # time the training loop waited for the next batch
-    compute_time_s: float  # training time not spent waiting for data
     samples_per_s: float  # training images per second, all ranks, after the warm-up steps
     peak_memory_mb: float  # GPU: max allocated; CPU: max resident set of the process
+    # Where the training steps' time went (training/timing.py), seconds over the epoch, the mean
+    # over ranks: the four phases add up to the steps' time.
+    data_time_s: float = 0.0  # waiting for, augmenting and moving batches
+    compute_time_s: float = 0.0  # forward + backward
+    comm_exposed_s: float = 0.0  # all-reduce the backward pass could not hide
+    optimizer_time_s: float = 0.0  # optimizer step and bookkeeping
+    comm_total_s: float = 0.0  # all-reduce in flight, hidden or not
+    steps: int = 0
+    grad_buckets: int = 0  # gradient buckets all-reduced per step (DDP)
+    step_time_mean_s: float = 0.0  # rank 0's steps after the warm-up: mean and standard deviation
+    step_time_std_s: float = 0.0
+    timed_steps: int = 0
+    straggler_ratio: float = 1.0  # the slowest rank's compute / the median rank's
+    rank_times: Dict[str, List[float]] = field(default_factory=dict)  # phase (and "train") -> every rank's seconds (DDP)
 
 
 @dataclass
@@ -92,6 +106,34 @@ class RunSummary:
     resumed_from_epochs: List[int] = field(default_factory=list)
     classes: List[str] = field(default_factory=list)
     hostname: str = ""
+    # Why it scaled as it did (training/breakdown.py): totals of the epochs' phases, the probes'
+    # ceilings and what the run achieved against them, and the cost.
+    steps_per_epoch: int = 0
+    cores_per_rank: int = 0
+    data_time_s: float = 0.0
+    compute_time_s: float = 0.0
+    comm_exposed_s: float = 0.0
+    optimizer_time_s: float = 0.0
+    comm_total_s: float = 0.0
+    eval_time_s: float = 0.0
+    comm_exposed_share: Optional[float] = None  # of the training time
+    comm_overlap_share: Optional[float] = None  # of the all-reduce time: hidden behind compute
+    straggler_ratio: Optional[float] = None  # the worst epoch's
+    grad_bytes: int = 0  # gradients all-reduced per step
+    grad_buckets: int = 0
+    flops_per_sample: Optional[float] = None  # training FLOPs per image (3 x forward)
+    peak_tflops: Optional[float] = None  # measured per rank, in the run's precision
+    nominal_peak_tflops: Optional[float] = None  # the hardware profile's per device, when it states one
+    achieved_tflops: Optional[float] = None  # per rank: flops_per_sample x samples/s / ranks
+    mfu: Optional[float] = None  # achieved / measured peak
+    mfu_nominal: Optional[float] = None  # achieved / nominal peak
+    busbw_gbps: Optional[float] = None  # the probe's best all-reduce bus bandwidth
+    allreduce_latency_s: Optional[float] = None  # the probe's smallest message
+    nominal_busbw_gbps: Optional[float] = None  # the hardware profile's interconnect, when it states one
+    device_hours: float = 0.0
+    device_hours_unit: str = ""  # GPU-hours | core-hours
+    energy_j: Optional[float] = None
+    energy_source: str = ""  # nvml | rapl | unavailable: why
 
 
 class RunDirectory:

@@ -6,13 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hpcbench.config import RunConfig, register_schemas, to_run_config
 from hpcbench.resolvers import register_resolvers
+from hpcbench.rundir import EpochMetrics, RunSummary
 from hpcbench.train import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,3 +70,47 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def table_rows(report: str, heading: str) -> list[list[str]]:
+    """The cells of the first markdown table after `heading` (header and rule left out)."""
+    lines = report.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines[start + 2:end]]
+
+
+ORIGINAL = [  # name, overrides, minutes, best accuracy, samples/s
+    ("serial_cpu", ["+original_study=serial_cpu"], 515.9, 0.9617, 32.0),
+    ("single_gpu", ["+original_study=single_gpu"], 178.3, 0.9603, 95.0),
+    ("ddp_2gpu", ["+original_study=ddp_2gpu"], 87.0, 0.9558, 198.0),
+]
+
+
+def make_run(root: Path, name: str, overrides: list[str], minutes: float, best: float, rate: float,
+             epochs: int = 20, status: str = "completed", gpu: str = "Tesla V100-SXM2-16GB",
+             test_images: int = 10000) -> Path:
+    """A run directory as hpcbench-train writes it, with chosen times and accuracies."""
+    run = compose_run(["experiment=original_study", *overrides])
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(run)))
+    per_epoch = minutes * 60 / epochs
+    metrics = [EpochMetrics(epoch=e, train_loss=1.0 / e, train_acc=best - 0.01, test_loss=0.5 / e,
+                            test_acc=best if e == epochs else best - 0.02, lr=1e-4, epoch_time_s=per_epoch,
+                            train_time_s=per_epoch * 0.9, eval_time_s=per_epoch * 0.1, data_time_s=per_epoch * 0.5,
+                            compute_time_s=per_epoch * 0.4, samples_per_s=rate, peak_memory_mb=1000.0)
+               for e in range(1, epochs + 1)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(asdict(m)) + "\n" for m in metrics))
+    ranks = run.mode.ranks
+    summary = RunSummary(status=status, mode=run.mode.name, device=run.mode.device, world_size=ranks, nodes=1,
+                         ranks_per_node=ranks, model="mobilenet_v2", dataset="cifar10", image_size=224, scaling="weak",
+                         batch_per_device=run.batch_size.size, global_batch=run.batch_size.size * ranks,
+                         epochs_planned=epochs, epochs=epochs, total_time_s=minutes * 60, samples_per_s=rate,
+                         best_test_acc=best, best_epoch=epochs, final_test_acc=best, started_at="2024-01-01T00:00:00",
+                         finished_at="2024-01-02T00:00:00", train_images=50000, test_images=test_images)
+    (run_dir / "summary.json").write_text(json.dumps(asdict(summary)))
+    gpus = [gpu] * ranks if run.mode.device == "cuda" else []
+    (run_dir / "env.json").write_text(json.dumps({"hostname": "node1", "cpu_model": "Xeon Gold 6248", "gpus": gpus,
+                                                  "torch": "2.0", "python": "3.10", "git": {"commit": "abc", "dirty": False}}))
+    return run_dir

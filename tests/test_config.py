@@ -10,7 +10,7 @@ from hpcbench.config import global_batch, per_device_batch
 from hpcbench.errors import ConfigError
 from hpcbench.train import CONFIG_DIR
 
-GROUPS = ["mode", "hardware", "batch_size", "model", "data", "train", "paths", "experiment", "original_study"]
+GROUPS = ["mode", "hardware", "batch_size", "model", "data", "paths", "experiment", "original_study", "quickstart"]
 
 
 def group_options():
@@ -21,7 +21,7 @@ def group_options():
 
 @pytest.mark.parametrize(("group", "option"), list(group_options()))
 def test_every_option_of_every_group_composes_and_validates(group, option):
-    prefix = "+" if group == "original_study" else ""
+    prefix = "+" if group in ("original_study", "quickstart") else ""
     run = compose_run([f"{prefix}{group}={option}"])
     assert run.batch_size.size > 0
 

@@ -14,6 +14,7 @@ Per sample, with the distributions of the torchvision transforms in transforms.p
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +63,9 @@ def sample_params(n: int, generator: torch.Generator, device) -> AugmentParams:
     chosen_ratio = torch.where(fits.any(1), ratio[pick, first], torch.ones(n, device=device))
     brightness, contrast, saturation = (_uniform(n, 1 - JITTER[k], 1 + JITTER[k], generator, device)
                                         for k in ("brightness", "contrast", "saturation"))
-    order = torch.randperm(4, generator=generator, device=device).tolist()
+    # Drawn on the host (Python's RNG, seeded per epoch like everything else): reading a draw
+    # made on the GPU back to the host would stall the queue of kernels every step.
+    order = random.sample(range(4), 4)
     return AugmentParams(
         crop_scale=chosen_scale,
         crop_ratio=chosen_ratio,

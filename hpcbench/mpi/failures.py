@@ -11,6 +11,7 @@ or link lost).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -67,6 +68,11 @@ def record_failure(run_dir: Path, rank: int, host: str, error: BaseException) ->
     except OSError:
         pass
     return failure
+
+
+def clear_failures(run_dir: Path) -> None:
+    """Remove the records of an earlier attempt of this run (a requeued or restarted job)."""
+    shutil.rmtree(Path(run_dir) / RANKS_DIR, ignore_errors=True)
 
 
 def read_failures(run_dir: Path) -> List[RankFailure]:

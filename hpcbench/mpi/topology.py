@@ -29,14 +29,13 @@ class Topology:
     local_size: int = 1  # processes on this node
     nodes: int = 1
     hosts: List[str] = field(default_factory=lambda: [socket.gethostname()])  # host of every rank
+    # A DDP run: MPI ranks with a torch.distributed process group, even a world of one (the
+    # 1-GPU DDP baseline of a scaling study runs DDP's code path, all-reduce included).
+    distributed: bool = False
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
 
 SERIAL = Topology()
@@ -80,7 +79,7 @@ def mpi_topology(expected_world_size: int) -> Topology:
     nodes = world.allreduce(1 if local_rank == 0 else 0)
     node.Free()
     hosts = world.allgather(socket.gethostname())
-    return Topology(rank, size, local_rank, local_size, nodes, hosts)
+    return Topology(rank, size, local_rank, local_size, nodes, hosts, distributed=True)
 
 
 def exit_without_mpi_finalize(exit_code: int) -> None:

@@ -13,8 +13,11 @@ from hpcbench.errors import HpcbenchError
 from hpcbench.files import atomic_write_text
 from hpcbench.report import plots
 from hpcbench.report.collect import collect
-from hpcbench.report.markdown import render, studies_json, study_names
-from hpcbench.report.scaling import add_scaling_columns, configurations, fit_scaling_laws
+from hpcbench.report.format import study_names
+from hpcbench.report.limits import network_limits
+from hpcbench.report.markdown import render, studies_json
+from hpcbench.report.scaling import PER_RUN, add_scaling_columns, configurations, fit_scaling_laws
+from hpcbench.report.verdicts import add_intervals, add_parity, add_time_to_accuracy
 
 CSV_FLOAT = "%.6f"
 
@@ -25,7 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="directory to write report.md, CSVs and PNGs to")
     parser.add_argument("--baseline", choices=["auto", "cpu", "single"], default="auto",
                         help="speedup baseline: serial CPU if present (auto), serial CPU, or single device")
-    parser.add_argument("--tolerance", type=float, default=0.01, help="accuracy parity tolerance (0.01 = 1 point)")
+    parser.add_argument("--tolerance", type=float, default=0.01,
+                        help="accuracy parity: smallest difference that matters (0.01 = 1 point)")
+    parser.add_argument("--target", type=float, default=None,
+                        help="time to accuracy: the target (default: the baseline's best minus the tolerance)")
     parser.add_argument("--title", default="hpcbench report")
     return parser
 
@@ -37,22 +43,23 @@ def _run_labels(collection) -> dict:
 
 
 def write_report(paths: List[Path], out: Path, baseline: str = "auto", tolerance: float = 0.01,
-                 title: str = "hpcbench report") -> Path:
+                 title: str = "hpcbench report", target: Optional[float] = None) -> Path:
     collection = collect(paths)
     table = configurations(collection.runs)
-    fits = []
+    fits, limits = [], []
     if not table.empty:
-        table = add_scaling_columns(table, baseline, tolerance)
-        fits = fit_scaling_laws(table)
+        table = add_intervals(add_scaling_columns(table, baseline))
+        table = add_time_to_accuracy(add_parity(table, tolerance), collection.metrics, tolerance, target)
+        fits, limits = fit_scaling_laws(table), network_limits(table)
     out.mkdir(parents=True, exist_ok=True)
     figures = {}
     if not table.empty:
         names = study_names(table)
         labels = [f"{names[r.study]} {r.mode} x{r.devices} b{r.batch_per_device}" for r in table.itertuples()]
         figures = {
-            "Speedup vs devices": plots.speedup_plot(table, fits, names, out / "speedup.png"),
+            "Speedup vs devices": plots.speedup_plot(table, fits, limits, names, out / "speedup.png"),
             "Parallel efficiency vs devices": plots.efficiency_plot(table, names, out / "efficiency.png"),
-            "Time per epoch by phase": plots.time_breakdown_plot(table, labels, out / "time_breakdown.png"),
+            "Time per step by phase": plots.time_breakdown_plot(table, labels, out / "time_breakdown.png"),
             "Test accuracy and loss per epoch": plots.curves_plot(collection.metrics, _run_labels(collection), out / "curves.png"),
             "Throughput vs batch size": plots.throughput_plot(table, out / "throughput.png"),
         }
@@ -60,18 +67,19 @@ def write_report(paths: List[Path], out: Path, baseline: str = "auto", tolerance
     runs_csv = collection.runs.copy()
     if not runs_csv.empty:
         runs_csv["study"] = runs_csv["study"].map(study_names(table))
-        table_csv = table.assign(study=table["study"].map(study_names(table)))
+        table_csv = table.assign(study=table["study"].map(study_names(table))).drop(columns=list(PER_RUN.values()))
         atomic_write_text(out / "scaling.csv", table_csv.to_csv(index=False, float_format=CSV_FLOAT))
     atomic_write_text(out / "runs.csv", runs_csv.to_csv(index=False, float_format=CSV_FLOAT))
     atomic_write_text(out / "studies.json", studies_json(table))
-    atomic_write_text(out / "report.md", render(collection, table, fits, figures, title, inputs, tolerance))
+    atomic_write_text(out / "report.md", render(collection, table, fits, limits, figures, title, inputs, tolerance,
+                                                target))
     return out / "report.md"
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = _parser().parse_args(argv)
     try:
-        report = write_report(args.paths, args.out, args.baseline, args.tolerance, args.title)
+        report = write_report(args.paths, args.out, args.baseline, args.tolerance, args.title, args.target)
     except HpcbenchError as error:
         fail("hpcbench-report", str(error))
     print(report)

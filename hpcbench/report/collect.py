@@ -3,26 +3,20 @@ the reason, never crash the report."""
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, List
 
 import pandas as pd
 import yaml
 
 from hpcbench.errors import HpcbenchError
+from hpcbench.report.row import NUMERIC, PHASE_KEYS, run_row
 from hpcbench.rundir import ENV, METRICS, RESOLVED_CONFIG, SUMMARY
 
 # libyaml's safe loader parses a run's config ~20x faster than PyYAML's pure-Python one: with
 # 1,000 runs, parsing was most of a report's time.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-# Config keys that do not change the workload: runs differing only in these belong to one study.
-NOT_WORKLOAD = ("mode", "hardware", "batch_size", "paths", "experiment_name")
-NOT_WORKLOAD_KEYS = (("train", "seed"), ("train", "resume"), ("train", "save_checkpoints"), ("data", "num_workers"),
-                     ("data", "root"), ("data", "download"))
-
 
 class ReportError(HpcbenchError):
     """Nothing to report on."""
@@ -83,66 +77,6 @@ def _read_config(run_dir: Path) -> dict:
     raise FileNotFoundError("no resolved_config.yaml or .hydra/config.yaml")
 
 
-def workload_key(config: dict) -> str:
-    """What a study holds fixed: the config without parallelism, hardware, batch and seed."""
-    workload = {k: v for k, v in config.items() if k not in NOT_WORKLOAD}
-    workload = json.loads(json.dumps(workload))  # a deep copy
-    for group, key in NOT_WORKLOAD_KEYS:
-        workload.get(group, {}).pop(key, None)
-    return json.dumps(workload, sort_keys=True)
-
-
-def _median_epoch_time(metrics: List[dict]) -> float:
-    # The first epoch carries one-off costs (allocator, caches); leave it out when there are more.
-    times = [m["epoch_time_s"] for m in metrics]
-    return statistics.median(times[1:] if len(times) > 1 else times)
-
-
-def _mean(metrics: List[dict], key: str) -> Optional[float]:
-    values = [m[key] for m in metrics if key in m]
-    return statistics.mean(values) if values else None
-
-
-def _row(name: str, config: dict, summary: dict, metrics: List[dict], env: dict) -> Dict[str, Any]:
-    mode, hardware, batch = config.get("mode", {}), config.get("hardware", {}), config.get("batch_size", {})
-    gpus = env.get("gpus") or []
-    return {
-        "run_dir": name,
-        "study": workload_key(config),
-        "experiment": config.get("experiment_name", ""),
-        "mode": summary.get("mode", mode.get("name")),
-        "device": summary.get("device", mode.get("device")),
-        "hardware": hardware.get("name", ""),
-        "world_size": int(summary.get("world_size", 1)),
-        "nodes": int(summary.get("nodes", 1)),
-        "ranks_per_node": int(summary.get("ranks_per_node", 1)),
-        "scaling": summary.get("scaling", batch.get("scaling", "weak")),
-        "batch_per_device": int(summary["batch_per_device"]),
-        "global_batch": int(summary["global_batch"]),
-        "model": summary.get("model", ""),
-        "dataset": summary.get("dataset", ""),
-        "image_size": int(summary.get("image_size", 0)),
-        "seed": config.get("train", {}).get("seed"),
-        "epochs": int(summary["epochs"]),
-        "total_time_s": float(summary["total_time_s"]),
-        "time_per_epoch_s": _median_epoch_time(metrics),
-        "samples_per_s": float(summary["samples_per_s"]),
-        "data_time_s": _mean(metrics, "data_time_s"),
-        "compute_time_s": _mean(metrics, "compute_time_s"),
-        "eval_time_s": _mean(metrics, "eval_time_s"),
-        "comm_time_s": _mean(metrics, "comm_time_s"),
-        "best_test_acc": float(summary["best_test_acc"]),
-        "best_epoch": int(summary["best_epoch"]),
-        "final_test_acc": float(summary["final_test_acc"]),
-        "peak_memory_mb": float(summary.get("peak_memory_mb", 0.0)),
-        "gpu_name": gpus[0] if gpus else "",
-        "cpu_model": env.get("cpu_model", ""),
-        "hostname": env.get("hostname", summary.get("hostname", "")),
-        "started_at": summary.get("started_at", ""),
-        "finished_at": summary.get("finished_at", ""),
-    }
-
-
 def _read_run(run_dir: Path, name: str):
     """(row, metrics, env) of a completed run; raises a Problem for anything else."""
     try:
@@ -163,7 +97,7 @@ def _read_run(run_dir: Path, name: str):
         env = _read_json(run_dir / ENV) if (run_dir / ENV).is_file() else {}
         if len(metrics) != summary.get("epochs"):
             return Problem(name, "corrupt", f"metrics.jsonl has {len(metrics)} epochs, summary.json says {summary.get('epochs')}")
-        return _row(name, config, summary, metrics, env), metrics, env
+        return run_row(name, config, summary, metrics, env), metrics, env
     except FileNotFoundError as error:
         return Problem(name, "incomplete", f"missing {Path(error.filename).name if error.filename else error}")
     except (KeyError, TypeError, ValueError) as error:
@@ -196,6 +130,8 @@ def collect(paths: List[Path]) -> Collection:
     runs = pd.DataFrame(rows)
     if not runs.empty:
         runs = runs.sort_values("run_dir", kind="stable").reset_index(drop=True)
+        numeric = [f"{phase}_step_s" for phase in PHASE_KEYS] + list(NUMERIC)
+        runs[numeric] = runs[numeric].apply(pd.to_numeric, errors="coerce")  # None (not measured) -> NaN
     return Collection(runs, metrics, sorted(problems, key=lambda p: p.run_dir), environments)
 
 

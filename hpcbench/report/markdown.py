@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
-from typing import Dict, Iterable, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 
-from hpcbench.report import scaling
+from hpcbench.report import limits, scaling, stats, verdicts, why
 from hpcbench.report.collect import Collection, Problem
+from hpcbench.report.format import execution_mode, hardware, md_table, number, study_names, training_type, with_interval
+from hpcbench.report.limits import NetworkLimit
 from hpcbench.report.scaling import ScalingFit
 
 PUBLISHED = [  # the original study's own table, for reference
@@ -17,50 +19,7 @@ PUBLISHED = [  # the original study's own table, for reference
     ("MPI + DDP (2 GPUs)", "2x Tesla V100-SXM2 16 GB", "Data parallel", 87.0, 0.956, 5.9),
 ]
 PREDICTION_POINTS = (2, 4, 8, 16, 32, 64)
-
-
-def _table(header: List[str], rows: Iterable[List[str]]) -> List[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
-def _number(value, digits: int = 2, suffix: str = "") -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}{suffix}"
-
-
-def _with_spread(row: pd.Series, column: str, digits: int, scale: float = 1.0) -> str:
-    text = _number(row[column] * scale, digits)
-    if row["repeats"] > 1:
-        text += f" ± {_number(row[f'{column}_std'] * scale, digits)} (n={row['repeats']})"
-    return text
-
-
-def execution_mode(row: pd.Series) -> str:
-    if row["mode"] == "cpu":
-        return "Serial CPU"
-    if row["mode"] == "gpu":
-        return "Single GPU"
-    unit = "GPUs" if row["device"] == "cuda" else "CPU ranks"
-    return f"MPI + DDP ({row['devices']} {unit}, {row['nodes']} node{'s' if row['nodes'] > 1 else ''})"
-
-
-def hardware(row: pd.Series) -> str:
-    if row["device"] == "cuda":
-        return f"{row['devices']}x {row['gpu_name'] or 'GPU'}"
-    return f"{row['cpu_model'] or 'CPU'} ({row['hardware']})"
-
-
-def training_type(row: pd.Series) -> str:
-    if row["devices"] == 1:
-        return "Serial" if row["mode"] == "cpu" else "Single device"
-    return f"Data parallel, {row['scaling']} scaling"
-
-
-def study_names(table: pd.DataFrame) -> Dict[str, str]:
-    return {study: f"S{i}" for i, study in enumerate(sorted(table["study"].unique()), start=1)}
+LOCAL_MARK = "(rank 0 shard)"
 
 
 def _header(collection: Collection, title: str, inputs: List[str]) -> List[str]:
@@ -88,7 +47,8 @@ def _header(collection: Collection, title: str, inputs: List[str]) -> List[str]:
 
 
 def _studies(table: pd.DataFrame, names: Dict[str, str]) -> List[str]:
-    lines = ["## Studies", "", "Runs that differ only in mode, ranks/nodes, hardware and batch size form one study.", ""]
+    lines = ["## Studies", "", "Runs that differ only in mode, ranks/nodes, hardware, batch size and learning-rate rule form "
+             "one study.", ""]
     for study, name in names.items():
         row = table[table["study"] == study].iloc[0]
         count = int(table[table["study"] == study]["repeats"].sum())
@@ -102,12 +62,15 @@ def _summary_table(table: pd.DataFrame, names: Dict[str, str]) -> List[str]:
              "Speedup = baseline total time / total time; baseline = the study's serial CPU run "
              "(else its single-device run).", ""]
     rows = [[names[r["study"]], execution_mode(r), hardware(r), training_type(r), str(r["batch_per_device"]),
-             _with_spread(r, "total_time_s", 2, 1 / 60),
-             _with_spread(r, "best_test_acc", 4), _number(r["speedup"], 2, "x")] for _, r in table.iterrows()]
-    lines += _table(["Study", "Execution mode", "Hardware", "Training type", "Batch/device", "Total time (min)",
-                     "Best test accuracy", "Speedup"], rows)
+             with_interval(r, "total_time_s", 2, 1 / 60), _accuracy(r), number(r["speedup"], 2, "x")]
+            for _, r in table.iterrows()]
+    lines += md_table(["Study", "Execution mode", "Hardware", "Training type", "Batch/device",
+                       "Total time (min) [95% CI]", "Best test accuracy [95% CI]", "Speedup"], rows)
+    if (table["accuracy_scope"] != "global").any():
+        lines += ["", f"{LOCAL_MARK} rank 0's shard of the test set only (an imported MPI log): not a global accuracy, "
+                      "and not tested for parity."]
     lines += ["", "The original study reported (for reference; not measured here):", ""]
-    lines += _table(["Execution mode", "Hardware", "Training type", "Total time (min)", "Best test accuracy", "Speedup"],
+    lines += md_table(["Execution mode", "Hardware", "Training type", "Total time (min)", "Best test accuracy", "Speedup"],
                     [[m, h, t, f"{minutes:.1f}", f"{acc:.3f}", f"{s:.1f}x"] for m, h, t, minutes, acc, s in PUBLISHED])
     return lines + [""]
 
@@ -118,13 +81,14 @@ def _scaling_tables(table: pd.DataFrame, names: Dict[str, str]) -> List[str]:
         judged = "throughput (samples/s)" if kind == "weak" else "time"
         fixed = "per-device batch fixed" if kind == "weak" else "global batch fixed"
         lines += [f"### {names[study]} on {device}: {kind} scaling ({fixed}; judged on {judged})", ""]
-        rows = [[str(r["devices"]), str(r["nodes"]), r["mode"], str(r["batch_per_device"]), str(r["global_batch"]),
-                 _with_spread(r, "samples_per_s", 1), _number(r["time_per_epoch_s"], 2), _number(r["speedup"], 2, "x"),
-                 _number(r["scaling_speedup"], 2, "x"), _number(r["efficiency"] * 100, 1, "%"),
-                 _number(r["acc_delta"] * 100, 2, " pt") + (" **!**" if r["acc_flag"] else "")]
+        rows = [[str(r["devices"]), str(r["nodes"]), execution_mode(r), str(r["batch_per_device"]), str(r["global_batch"]),
+                 with_interval(r, "samples_per_s", 1), number(r["time_per_epoch_s"], 2), number(r["speedup"], 2, "x"),
+                 number(r["scaling_speedup"], 2, "x"), number(r["efficiency"] * 100, 1, "%"),
+                 _difference(r) + (" **!**" if r["acc_flag"] else "")]
                 for _, r in group.iterrows()]
-        lines += _table(["Devices", "Nodes", "Mode", "Batch/device", "Global batch", "Samples/s", "Time/epoch (s)",
-                         "Speedup vs baseline", "Scaling speedup", "Efficiency", "Accuracy delta"], rows)
+        lines += md_table(["Devices", "Nodes", "Mode", "Batch/device", "Global batch", "Samples/s [95% CI]",
+                           "Time/epoch (s)", "Speedup vs baseline", "Scaling speedup", "Efficiency",
+                           "Accuracy vs baseline [95% CI]"], rows)
         lines.append("")
     return lines
 
@@ -136,26 +100,52 @@ def _predictions(fits: List[ScalingFit], names: Dict[str, str]) -> List[str]:
     header = ["Study", "Device", "Scaling", "Law", "Parallel fraction p", *[f"{n} dev." for n in PREDICTION_POINTS]]
     rows = [[names[f.study], f.device, f.scaling, f.law, f"{f.parallel_fraction:.4f}",
              *[f"{v:.2f}x" for v in f.predict(np.array(PREDICTION_POINTS, dtype=float))]] for f in fits]
-    return lines + _table(header, rows) + [""]
+    return lines + md_table(header, rows) + [""]
+
+
+def _accuracy(row: pd.Series) -> str:
+    return with_interval(row, "best_test_acc", 4) + (f" {LOCAL_MARK}" if row["accuracy_scope"] != "global" else "")
+
+
+def _difference(row: pd.Series) -> str:
+    """"+1.23 pt [-0.50, +3.00], p=0.21": the difference from the baseline, its interval and p (Holm)."""
+    if np.isnan(row["acc_diff"]):
+        return "baseline" if row["baseline_row"] == row.name else "n/a"
+    return (f"{row['acc_diff'] * 100:+.2f} pt [{row['acc_diff_low'] * 100:+.2f}, {row['acc_diff_high'] * 100:+.2f}], "
+            f"p={row['acc_p_holm']:.3g}")
 
 
 def _parity(table: pd.DataFrame, names: Dict[str, str], tolerance: float) -> List[str]:
     lines = ["## Accuracy parity", "",
-             f"Runs whose best test accuracy differs from their baseline's by more than {tolerance * 100:.1f} points:", ""]
-    flagged = table[table["acc_flag"]]
-    if flagged.empty:
-        return lines + ["None.", ""]
-    for _, r in flagged.iterrows():
-        lines.append(f"- {names[r['study']]} {execution_mode(r)}, batch {r['batch_per_device']}/device: "
-                     f"{r['best_test_acc']:.4f} vs {r['baseline']} ({r['acc_delta'] * 100:+.2f} pt)")
-    return lines + [""]
+             f"Flagged (**!**) only when the best test accuracy differs from the baseline's significantly (Holm-adjusted "
+             f"p < 0.05 over the {int(table['acc_p'].notna().sum())} comparisons below) and by more than "
+             f"{tolerance * 100:.1f} points (`--tolerance`).", ""]
+    tested = table[table["acc_p"].notna()]
+    if tested.empty:
+        return lines + ["No configuration could be compared with a baseline.", ""]
+    rows = [[names[r["study"]], execution_mode(r), str(r["batch_per_device"]), str(r["repeats"]), r["baseline"],
+             _difference(r).split(", p=")[0], r["acc_test"], f"{r['acc_p']:.3g}", f"{r['acc_p_holm']:.3g}",
+             "**flagged**" if r["acc_flag"] else "no"] for _, r in tested.iterrows()]
+    return lines + md_table(["Study", "Mode", "Batch/device", "Runs", "Baseline", "Difference [95% CI]", "Test",
+                             "p", "p (Holm)", "Verdict"], rows) + [""]
+
+
+def _time_to_accuracy(table: pd.DataFrame, names: Dict[str, str], target: Optional[float]) -> List[str]:
+    what = f"{target:.4f} (`--target`)" if target is not None else "the baseline's best minus the tolerance"
+    lines = ["## Time to accuracy", "", f"Target: {what}. Wall time of the epochs up to the first that reaches it.", ""]
+    rows = [[names[r["study"]], execution_mode(r), str(r["batch_per_device"]), number(r["tta_target"], 4),
+             r["tta_reached"], "not reached" if r["tta_reached"].startswith("0/") else number(r["tta_epochs"], 1),
+             number(r["tta_time_s"], 1), number(r["tta_speedup"], 2, "x"), number(r["speedup"], 2, "x"),
+             number(r["scaling_speedup"], 2, "x")] for _, r in table.iterrows()]
+    return lines + md_table(["Study", "Mode", "Batch/device", "Target", "Reached", "Epochs", "Time (s)",
+                             "Time-to-accuracy speedup", "Speedup (time)", "Scaling speedup"], rows) + [""]
 
 
 def _problems(problems: List[Problem]) -> List[str]:
     lines = ["## Failed or incomplete runs", ""]
     if not problems:
         return lines + ["None.", ""]
-    return lines + _table(["Run", "Status", "Reason"], [[p.run_dir, p.status, p.reason.replace("|", "/")] for p in problems]) + [""]
+    return lines + md_table(["Run", "Status", "Reason"], [[p.run_dir, p.status, p.reason.replace("|", "/")] for p in problems]) + [""]
 
 
 def _figures(figures: Dict[str, str]) -> List[str]:
@@ -165,15 +155,24 @@ def _figures(figures: Dict[str, str]) -> List[str]:
     return lines
 
 
-def render(collection: Collection, table: pd.DataFrame, fits: List[ScalingFit], figures: Dict[str, str],
-           title: str, inputs: List[str], tolerance: float) -> str:
+def _definitions() -> List[str]:
+    lines = ["## Definitions", ""]
+    for module in (scaling, verdicts, stats, why, limits):
+        lines += [line.strip() for line in (module.__doc__ or "").strip().splitlines()] + [""]
+    return lines
+
+
+def render(collection: Collection, table: pd.DataFrame, fits: List[ScalingFit], network: List[NetworkLimit],
+           figures: Dict[str, str], title: str, inputs: List[str], tolerance: float,
+           target: Optional[float] = None) -> str:
     names = study_names(table) if not table.empty else {}
     lines = _header(collection, title, inputs)
     if not table.empty:
         lines += _studies(table, names) + _summary_table(table, names) + _scaling_tables(table, names)
-        lines += _predictions(fits, names) + _parity(table, names, tolerance)
-    lines += _problems(collection.problems) + _figures(figures)
-    lines += ["## Definitions", "", *[line.strip() for line in (scaling.__doc__ or "").strip().splitlines()], ""]
+        lines += why.time_table(table, names) + why.ceilings_table(table, names)
+        lines += why.limits_table(table, network, names) + why.node_table(collection)
+        lines += _predictions(fits, names) + _parity(table, names, tolerance) + _time_to_accuracy(table, names, target)
+    lines += _problems(collection.problems) + _figures(figures) + _definitions()
     return "\n".join(lines)
 
 

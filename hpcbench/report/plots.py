@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
+from hpcbench.report.limits import NetworkLimit  # noqa: E402
 from hpcbench.report.scaling import PREDICT_UP_TO, ScalingFit  # noqa: E402
 
 FIGSIZE = (7.0, 4.5)
@@ -31,20 +32,27 @@ def _series_label(study_names: Dict[str, str], study: str, device: str, scaling:
     return f"{study_names[study]} {device} ({scaling})"
 
 
-def speedup_plot(table: pd.DataFrame, fits: List[ScalingFit], study_names: Dict[str, str], path: Path) -> str:
+def speedup_plot(table: pd.DataFrame, fits: List[ScalingFit], limits: List[NetworkLimit], study_names: Dict[str, str],
+                 path: Path) -> str:
     figure, axis = plt.subplots(figsize=FIGSIZE)
     top = max(PREDICT_UP_TO, int(table["devices"].max()))
     ideal = np.array([1, top])
+    devices = np.unique(np.geomspace(1, top, 40).round())
     axis.plot(ideal, ideal, color="grey", linestyle=":", label="ideal (linear)")
     for (study, device, scaling), group in table.dropna(subset=["scaling_speedup"]).groupby(["study", "device", "scaling"], sort=True):
         label = _series_label(study_names, study, device, scaling)
         axis.plot(group["devices"], group["scaling_speedup"], marker="o", linestyle="-", label=f"{label}: measured")
     for fit in fits:
-        devices = np.unique(np.geomspace(1, top, 40).round())
         axis.plot(devices, fit.predict(devices), linestyle="--",
                   label=f"{_series_label(study_names, fit.study, fit.device, fit.scaling)}: {fit.law} model, p={fit.parallel_fraction:.3f}")
+    for limit in limits:
+        label = _series_label(study_names, limit.study, limit.device, limit.scaling)
+        for overlap, style in ((False, (0, (1, 1))), (True, (0, (5, 1, 1, 1)))):
+            axis.plot(devices, limit.speedup(devices, overlap), linestyle=style, linewidth=1,
+                      label=f"{label}: network-bound limit, {'perfect' if overlap else 'no'} overlap "
+                            f"({limit.busbw_gbps:.2g} GB/s bus)")
     axis.set(xscale="log", yscale="log", xlabel="devices (GPUs or CPU ranks)", ylabel="speedup over 1 device of the same type",
-             title="Speedup (dashed: model prediction, not measured)")
+             title="Speedup (dashed: fitted model; dotted: limits from the probes)")
     axis.legend(fontsize=7)
     axis.grid(True, which="both", alpha=0.3)
     return _save(figure, path)
@@ -61,20 +69,26 @@ def efficiency_plot(table: pd.DataFrame, study_names: Dict[str, str], path: Path
     return _save(figure, path)
 
 
+STEP_PHASES = [("data_step_s", "data wait"), ("compute_step_s", "forward + backward"),
+               ("comm_exposed_step_s", "exposed communication"), ("optimizer_step_s", "optimizer")]
+
+
 def time_breakdown_plot(table: pd.DataFrame, labels: List[str], path: Path) -> str:
-    figure, axis = plt.subplots(figsize=FIGSIZE)
+    """Left: a training step's time stacked by phase; right: evaluation per epoch. One bar per
+    configuration, labelled with its devices."""
+    figure, (step_axis, eval_axis) = plt.subplots(1, 2, figsize=(10.0, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     x = np.arange(len(table))
     bottom = np.zeros(len(table))
-    for column, name in [("data_time_s", "waiting for data"), ("compute_time_s", "compute"),
-                         ("comm_time_s", "communication"), ("eval_time_s", "evaluation")]:
-        values = table[column].fillna(0.0).to_numpy(dtype=float)
-        if column == "comm_time_s" and not values.any():
-            continue  # not recorded separately by these runs
-        axis.bar(x, values, bottom=bottom, label=name)
+    for column, name in STEP_PHASES:
+        values = table[column].fillna(0.0).to_numpy(dtype=float) * 1000
+        step_axis.bar(x, values, bottom=bottom, label=name)
         bottom += values
-    axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
-    axis.set(ylabel="seconds per epoch (mean)", title="Time per epoch by phase")
-    axis.legend(fontsize=7)
+    step_axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+    step_axis.set(ylabel="ms per training step (mean over ranks)", title="Time per step by phase")
+    step_axis.legend(fontsize=7)
+    eval_axis.bar(x, table["eval_time_s"].fillna(0.0).to_numpy(dtype=float), color="C4")
+    eval_axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+    eval_axis.set(ylabel="seconds per epoch", title="Evaluation")
     return _save(figure, path)
 
 

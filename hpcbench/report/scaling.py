@@ -1,9 +1,10 @@
 """The scaling math, defined once (report.md quotes these definitions).
 
 - A *study* is a set of runs with the same workload (model, data, image size, epochs, optimiser):
-  they differ only in mode, ranks/nodes, hardware and batch size.
-- A *configuration* is a study x mode x device x ranks x nodes x hardware x batch; repeats (seeds)
-  of a configuration are averaged (mean, std, count).
+  they differ only in mode, ranks/nodes, hardware, batch size and learning-rate scaling rule.
+- A *configuration* is a study x mode x device x ranks x nodes x hardware x batch x rule; its runs
+  with different seeds (a `train.seed` sweep) are its repeats: tables show their mean with a 95%
+  interval and n (statistics below).
 - devices = ranks (GPUs, or CPU processes); the serial CPU and single-GPU runs have 1.
 - speedup = baseline time / time, the baseline being the study's serial CPU configuration if it has
   one, else its single-device configuration (with the same batch when there is a choice: the same
@@ -11,7 +12,8 @@
 - scaling speedup = over the single-device configuration of the *same device type*: for strong
   scaling (global batch fixed) on time, for weak scaling (per-device batch fixed) on throughput.
   efficiency = scaling speedup / devices. CPU->GPU gains never enter efficiency.
-- accuracy delta = best test accuracy - the baseline's; flagged beyond a tolerance.
+- accuracy difference = best test accuracy - the baseline's, flagged only when it is both
+  statistically significant and larger than the tolerance (verdicts below).
 - Amdahl's law (strong): S(n) = 1 / ((1 - p) + p / n); Gustafson's law (weak): S(n) = (1 - p) + p n.
   p is fitted by least squares to the measured scaling speedups.
 """
@@ -23,9 +25,16 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-CONFIG_KEYS = ["study", "mode", "device", "world_size", "nodes", "hardware", "scaling", "batch_per_device", "global_batch"]
+CONFIG_KEYS = ["study", "mode", "device", "world_size", "nodes", "hardware", "scaling", "batch_per_device", "global_batch",
+               "lr_policy"]
+# Kept per configuration as lists of its runs' values, for the statistics (verdicts.py).
+PER_RUN = {"total_time_s": "time_runs", "samples_per_s": "rate_runs", "best_test_acc": "acc_runs",
+           "test_images": "test_images_runs", "run_dir": "run_list"}
 AVERAGED = ["total_time_s", "time_per_epoch_s", "samples_per_s", "best_test_acc", "final_test_acc",
-            "data_time_s", "compute_time_s", "eval_time_s", "comm_time_s", "peak_memory_mb"]
+            "data_step_s", "compute_step_s", "comm_exposed_step_s", "optimizer_step_s", "comm_total_step_s",
+            "eval_time_s", "peak_memory_mb", "comm_exposed_share", "comm_overlap_share", "straggler_ratio",
+            "grad_bytes", "flops_per_sample", "peak_tflops", "nominal_peak_tflops", "achieved_tflops", "mfu",
+            "mfu_nominal", "busbw_gbps", "allreduce_latency_s", "nominal_busbw_gbps", "device_hours", "energy_j"]
 PREDICT_UP_TO = 64
 
 
@@ -39,7 +48,11 @@ def configurations(runs: pd.DataFrame) -> pd.DataFrame:
         table[f"{column}_std"] = grouped[column].std(ddof=1).fillna(0.0)
     table["repeats"] = grouped.size()
     table["run_dirs"] = grouped["run_dir"].agg(lambda names: ", ".join(sorted(names)))
-    for column in ("experiment", "model", "dataset", "image_size", "epochs", "gpu_name", "cpu_model", "ranks_per_node"):
+    for column, name in PER_RUN.items():
+        table[name] = grouped[column].agg(list)
+    for column in ("experiment", "model", "dataset", "image_size", "epochs", "gpu_name", "cpu_model", "ranks_per_node",
+                   "device_hours_unit", "energy_source", "accuracy_scope", "step_time_mean_s", "step_time_std_s",
+                   "timed_steps"):
         table[column] = grouped[column].first()
     table = table.reset_index()
     table["devices"] = table["world_size"]
@@ -65,19 +78,20 @@ def _baseline(study: pd.DataFrame, row: pd.Series, baseline: str) -> Optional[pd
     return _pick(single if not single.empty else study[study["devices"] == 1], row)
 
 
-def _single_device_of_type(study: pd.DataFrame, row: pd.Series) -> Optional[pd.Series]:
+def single_device_of_type(study: pd.DataFrame, row: pd.Series) -> Optional[pd.Series]:
     return _pick(study[(study["devices"] == 1) & (study["device"] == row["device"])], row)
 
 
-def add_scaling_columns(configs: pd.DataFrame, baseline: str = "auto", tolerance: float = 0.01) -> pd.DataFrame:
-    """speedup, scaling_speedup, efficiency, accuracy delta and flag for every configuration."""
+def add_scaling_columns(configs: pd.DataFrame, baseline: str = "auto") -> pd.DataFrame:
+    """baseline, speedup, scaling_speedup and efficiency for every configuration."""
     table = configs.copy()
-    columns: Dict[str, List] = {k: [] for k in ("baseline", "speedup", "scaling_speedup", "efficiency", "acc_delta", "acc_flag")}
+    columns: Dict[str, List] = {k: [] for k in ("baseline", "baseline_row", "speedup", "scaling_speedup", "efficiency")}
     for _, row in table.iterrows():
         study = table[table["study"] == row["study"]]
         base = _baseline(study, row, baseline)
-        reference = _single_device_of_type(study, row)
+        reference = single_device_of_type(study, row)
         columns["baseline"].append(_label(base) if base is not None else "")
+        columns["baseline_row"].append(base.name if base is not None else -1)  # its index in the table
         columns["speedup"].append(base["total_time_s"] / row["total_time_s"] if base is not None else np.nan)
         if reference is None:
             scaling = np.nan
@@ -87,9 +101,6 @@ def add_scaling_columns(configs: pd.DataFrame, baseline: str = "auto", tolerance
             scaling = row["samples_per_s"] / reference["samples_per_s"]
         columns["scaling_speedup"].append(scaling)
         columns["efficiency"].append(scaling / row["devices"] if reference is not None else np.nan)
-        delta = row["best_test_acc"] - base["best_test_acc"] if base is not None else np.nan
-        columns["acc_delta"].append(delta)
-        columns["acc_flag"].append(bool(base is not None and abs(delta) > tolerance + 1e-12))
     for name, values in columns.items():
         table[name] = values
     return table

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Tuple
 
-from hpcbench.config import PartitionConfig, RunConfig
+from hpcbench.config import PartitionConfig, RunConfig, run_partition
 from hpcbench.errors import ConfigError
 
 
@@ -58,19 +58,9 @@ class SlurmRequest:
         return params
 
 
-def _partition(run: RunConfig) -> Tuple[str, PartitionConfig]:
-    hardware = run.hardware
-    name = hardware.gpu_partition if run.mode.device == "cuda" else hardware.cpu_partition
-    key = "hardware.gpu_partition" if run.mode.device == "cuda" else "hardware.cpu_partition"
-    if name not in hardware.partitions:
-        known = ", ".join(sorted(hardware.partitions)) or "none"
-        raise ConfigError(f"{key}={name} is not a partition of hardware={hardware.name} (it has: {known})")
-    return name, hardware.partitions[name]
-
-
 def derive_request(run: RunConfig) -> SlurmRequest:
     """The resources `run` needs, checked against its hardware profile."""
-    name, partition = _partition(run)
+    name, partition = run_partition(run)
     nodes = run.mode.nodes
     tasks_per_node = run.mode.ranks // nodes
     gpus_per_node = tasks_per_node if run.mode.device == "cuda" else 0

@@ -35,7 +35,7 @@ log = logging.getLogger("hpcbench")
 # Config groups and keys that must match for a checkpoint to continue a run.
 TRAJECTORY_KEYS = ("model", "data", "batch_size", "train", "mode.ranks", "mode.device")
 NOT_TRAJECTORY = ("data.num_workers", "data.root", "data.download", "train.epochs", "train.resume",
-                  "train.save_checkpoints", "train.keep_checkpoints")
+                  "train.save_checkpoints", "train.keep_checkpoints", "train.probe")
 
 
 class CheckpointError(HpcbenchError):
@@ -54,11 +54,11 @@ def weights_state(model: nn.Module, epoch: int, test_acc: float, classes: List[s
 
 def resumable_state(weights: Dict[str, Any], optimizer: torch.optim.Optimizer,
                     scaler: Optional[torch.amp.GradScaler], history: List[EpochMetrics], elapsed_s: float,
-                    restarts: int, resumed_from_epochs: List[int]) -> Dict[str, Any]:
-    """last.pt: the weights plus everything the next epoch depends on."""
+                    restarts: int, resumed_from_epochs: List[int], energy_j: Optional[float]) -> Dict[str, Any]:
+    """last.pt: the weights plus everything the next epoch depends on, and the run's account so far."""
     return {**weights, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
             "history": [asdict(m) for m in history], "elapsed_s": elapsed_s, "restarts": restarts,
-            "resumed_from_epochs": resumed_from_epochs}
+            "resumed_from_epochs": resumed_from_epochs, "energy_j": energy_j}
 
 
 def safe_load(path: Path) -> Dict[str, Any]:

@@ -15,6 +15,9 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from hpcbench.mpi.process_group import all_reduce_sum
+from hpcbench.mpi.topology import Topology
+
 POWERCAP = Path("/sys/class/powercap")
 
 
@@ -31,7 +34,10 @@ def _nvml_reader(device: torch.device) -> Tuple[Optional[Callable[[], float]], s
         return None, "unavailable: nvidia-ml-py is not installed"
     try:
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        # By UUID: NVML numbers every GPU of the node, CUDA only the visible ones (CUDA_VISIBLE_DEVICES).
+        uuid = str(getattr(torch.cuda.get_device_properties(device), "uuid", ""))
+        handle = (pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}") if uuid
+                  else pynvml.nvmlDeviceGetHandleByIndex(device.index or 0))
         pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # millijoules since the driver loaded
     except pynvml.NVMLError as error:
         return None, f"unavailable: NVML has no energy counter here ({error})"
@@ -89,3 +95,12 @@ def device_hours(device: str, ranks: int, cores_per_rank: int, seconds: float) -
     if device == "cuda":
         return ranks * seconds / 3600, "GPU-hours"
     return ranks * cores_per_rank * seconds / 3600, "core-hours"
+
+
+def energy_of_all_ranks(meter: EnergyMeter, topology: Topology, device: torch.device) -> EnergyReading:
+    """This attempt's joules summed over the ranks; unavailable when any rank has no counter."""
+    reading = meter.stop()
+    mine = torch.tensor([reading.joules if reading.joules is not None else float("nan")], dtype=torch.float64,
+                        device=device)
+    total = float(all_reduce_sum(mine, topology).item())  # NaN when any rank has no counter
+    return EnergyReading(None if total != total else total, reading.source)

@@ -21,8 +21,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hpcbench.mpi.topology import Topology
+from hpcbench.config import PartitionConfig, RunConfig, run_partition
+from hpcbench.errors import ConfigError
+from hpcbench.models import unwrap
+from hpcbench.mpi.process_group import resolve_backend
+from hpcbench.mpi.topology import Topology, threads_per_rank
 from hpcbench.training.device import synchronize
+from hpcbench.training.step import StepOptions
 
 SMALLEST_MESSAGE = 4096  # bytes
 MATMUL_SIZE = {"cuda": 8192, "cpu": 1024}
@@ -61,7 +66,7 @@ def message_sizes(largest: int) -> List[int]:
 def probe_interconnect(topology: Topology, device: torch.device, backend: str, largest: int) -> InterconnectProbe:
     """Every rank runs the same all-reduces (fixed counts, never time-based: ranks must agree)."""
     probe = InterconnectProbe(backend, topology.world_size)
-    factor = 2 * (topology.world_size - 1) / topology.world_size
+    factor = 2 * (topology.world_size - 1) / topology.world_size  # 0 for one rank: nothing crosses a link
     for size in message_sizes(largest):
         tensor = torch.ones(size // 4, dtype=torch.float32, device=device)
         repeats = 10 if size <= 2**20 else 4
@@ -118,3 +123,47 @@ def training_flops_per_sample(model: nn.Module, image_size: int) -> float:
 def gradient_bytes(model: nn.Module) -> int:
     """What a step's all-reduce moves in: every trainable parameter's gradient."""
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+@dataclass
+class Probes:
+    """What probe.json holds; the summary's ceilings come from here."""
+
+    grad_bytes: int
+    flops_per_sample: float
+    processor: Optional[ProcessorProbe] = None  # None: train.probe=false
+    interconnect: Optional[InterconnectProbe] = None  # None: one rank, or train.probe=false
+    nominal_peak_tflops: Optional[float] = None  # per rank, from the hardware profile
+    nominal_busbw_gbps: Optional[float] = None
+    seconds: float = 0.0  # what probing took
+
+
+def run_probes(model: nn.Module, image_size: int, topology: Topology, device: torch.device, backend: str,
+               options: StepOptions, partition: Optional[PartitionConfig], cores_per_rank: int,
+               measure: bool) -> Probes:
+    """The model's costs always (no measurement: the meta device); the ceilings when `measure`."""
+    start = time.perf_counter()
+    probes = Probes(gradient_bytes(model), training_flops_per_sample(model, image_size))
+    if partition is not None and partition.peak_tflops:
+        per_device = partition.peak_tflops * (cores_per_rank if device.type == "cpu" else 1)
+        probes.nominal_peak_tflops = per_device
+    if partition is not None:
+        probes.nominal_busbw_gbps = partition.interconnect_gbps
+    if measure:
+        probes.processor = probe_processor(device, options.amp_dtype, options.precision)
+        if topology.distributed:
+            probes.interconnect = probe_interconnect(topology, device, backend, probes.grad_bytes)
+    probes.seconds = time.perf_counter() - start
+    return probes
+
+
+def probe_run(cfg: RunConfig, model: nn.Module, device: torch.device, topology: Topology,
+                options: StepOptions) -> Probes:
+    """The probes of this run: its partition's nominal ceilings, its rank's cores, its backend."""
+    try:
+        partition: Optional[PartitionConfig] = run_partition(cfg)[1]
+    except ConfigError:  # a profile without this device's partition states no nominal ceilings
+        partition = None
+    cores = threads_per_rank(topology, cfg.mode.cpus_per_rank) if device.type == "cpu" else 1
+    return run_probes(unwrap(model), cfg.data.image_size, topology, device,
+                      resolve_backend(cfg.mode.backend, cfg.mode.device), options, partition, cores, cfg.train.probe)

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch.distributed as dist
+
 from hpcbench.config import RunConfig
 from hpcbench.errors import ConfigError, HpcbenchError
+from hpcbench.mpi.failures import clear_failures
 from hpcbench.mpi.process_group import init_process_group, resolve_backend, shutdown
 from hpcbench.mpi.topology import exit_without_mpi_finalize, mpi_topology
 from hpcbench.rundir import RunSummary, read_summary
@@ -33,6 +36,9 @@ def train_rank(cfg: RunConfig, out_dir: Path,
         configure_logging(topology.is_main)
     select_device(cfg.mode.device, topology, cfg.mode.name)  # NCCL wants the GPU chosen before the group starts
     init_process_group(topology, resolve_backend(cfg.mode.backend, cfg.mode.device), cfg.mode.collective_timeout_s)
+    if topology.is_main:  # an earlier attempt's failure records would be read as this one's
+        clear_failures(out_dir)
+    dist.barrier()
     try:
         summary = fit(cfg, out_dir, topology)
     except Exception as error:

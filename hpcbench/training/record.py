@@ -8,6 +8,7 @@ import logging
 import socket
 import statistics
 import time
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -19,19 +20,23 @@ from torch import nn
 from hpcbench.config import RunConfig, global_batch, per_device_batch
 from hpcbench.data.sampling import DataPipeline
 from hpcbench.environment import collect_environment
-from hpcbench.mpi.topology import Topology
+from hpcbench.mpi.topology import Topology, threads_per_rank
 from hpcbench.rundir import (
     BEST,
     CHECKPOINTS,
     LAST,
     PREVIOUS,
+    PROBE,
     RESOLVED_CONFIG,
     EpochMetrics,
     RunDirectory,
     RunSummary,
     read_summary,
 )
+from hpcbench.training.breakdown import explain
 from hpcbench.training.checkpoint import CheckpointError, check_compatible, resumable_state, weights_state
+from hpcbench.training.cost import EnergyReading, device_hours
+from hpcbench.training.probe import Probes
 from hpcbench.training.step import StepOptions
 
 log = logging.getLogger("hpcbench")
@@ -47,8 +52,10 @@ class RunRecord:
         self.run_dir = RunDirectory(out_dir) if topology.is_main else None
         self.checkpoint_dir = Path(out_dir) / CHECKPOINTS
         self.history: List[EpochMetrics] = []
+        self.probes: Optional[Probes] = None
         self.started = time.perf_counter()
         self.elapsed_before_s = 0.0  # work done by earlier attempts of this run
+        self.energy_before_j: Optional[float] = 0.0  # their energy (None: not measured then)
         self.summary = RunSummary(
             status="running",
             mode=cfg.mode.name,
@@ -85,10 +92,28 @@ class RunRecord:
         self.summary.channels_last, self.summary.compiled = options.channels_last, options.compile
         self.write()
 
+    def probed(self, probes: Probes, steps_per_epoch: int) -> None:
+        """The ceilings and the model's costs (probe.json), before the first epoch."""
+        self.probes = probes
+        self.summary.steps_per_epoch = steps_per_epoch
+        self.summary.cores_per_rank = threads_per_rank(self.topology, self.cfg.mode.cpus_per_rank)
+        self._update_summary()
+        if self.run_dir is not None:
+            self.run_dir.write_json(PROBE, asdict(probes))
+            self.write()
+            if probes.processor is not None:
+                interconnect = probes.interconnect
+                log.info("probed in %.1fs: %.2f TFLOP/s per rank (%s matmul)%s; %.2f GFLOP per training image, "
+                         "%.1f MB of gradients", probes.seconds, probes.processor.tflops, probes.processor.precision,
+                         f", all-reduce bus bandwidth {interconnect.busbw_peak_gbps:.2f} GB/s, latency "
+                         f"{interconnect.latency_s * 1e6:.0f} us" if interconnect else "",
+                         probes.flops_per_sample / 1e9, probes.grad_bytes / 1e6)
+
     def resumed(self, checkpoint: Dict[str, Any]) -> int:
         """Take over the history of `checkpoint`; returns the first epoch still to train."""
         self.history = [EpochMetrics(**m) for m in checkpoint["history"]]
         self.elapsed_before_s = checkpoint["elapsed_s"]
+        self.energy_before_j = checkpoint.get("energy_j")
         self.summary.restarts = checkpoint["restarts"] + 1
         self.summary.resumed_from_epochs = [*checkpoint["resumed_from_epochs"], checkpoint["epoch"]]
         self._update_summary()
@@ -107,15 +132,24 @@ class RunRecord:
         summary.epochs = last.epoch
         summary.total_time_s = self.elapsed_before_s + time.perf_counter() - self.started
         summary.train_time_s = sum(m.train_time_s for m in history)
-        summary.samples_per_s = statistics.median(m.samples_per_s for m in history)
+        # Steady state: the first epoch carries one-off costs (cuDNN's algorithm search, allocator
+        # growth, compilation) and is left out when there are more.
+        summary.samples_per_s = statistics.median(m.samples_per_s for m in (history[1:] or history))
         summary.final_test_acc, summary.final_test_loss = last.test_acc, last.test_loss
         summary.peak_memory_mb = max(m.peak_memory_mb for m in history)
         summary.best_test_acc, summary.best_epoch = best.test_acc, best.epoch
+        summary.grad_buckets = max(m.grad_buckets for m in history)
+        explain(summary, history, self.probes)
+        summary.device_hours, summary.device_hours_unit = device_hours(
+            summary.device, summary.world_size, summary.cores_per_rank, summary.total_time_s)
 
     def record_epoch(self, metrics: EpochMetrics, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scaler: Optional[torch.amp.GradScaler], classes: List[str]) -> None:
+                     scaler: Optional[torch.amp.GradScaler], classes: List[str], energy: EnergyReading) -> None:
         previous_best = self.summary.best_test_acc
         self.history.append(metrics)
+        self.summary.energy_source = energy.source
+        known = energy.joules is not None and self.energy_before_j is not None
+        self.summary.energy_j = self.energy_before_j + energy.joules if known else None
         self._update_summary()
         if self.run_dir is None:
             return
@@ -123,7 +157,8 @@ class RunRecord:
         if self.cfg.train.save_checkpoints:
             weights = weights_state(model, metrics.epoch, metrics.test_acc, classes, self.cfg)
             resumable = resumable_state(weights, optimizer, scaler, self.history, self.summary.total_time_s,
-                                        self.summary.restarts, self.summary.resumed_from_epochs)
+                                        self.summary.restarts, self.summary.resumed_from_epochs,
+                                        self.summary.energy_j)
             self.run_dir.save_checkpoint(LAST, resumable, previous=PREVIOUS)
             if previous_best is None or metrics.test_acc > previous_best:
                 self.run_dir.save_checkpoint(BEST, weights)

@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from hpcbench.training.timing import StepTimer
+
 
 @lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
@@ -66,11 +68,13 @@ FP32 = StepOptions("fp32", channels_last=False, compile=False)
 
 
 class TrainStep:
-    """forward (under autocast) -> loss -> backward (scaled for fp16) -> optimizer step."""
+    """forward (under autocast) -> loss -> backward (scaled for fp16) -> optimizer step; the
+    timer marks the end of the backward pass (timing.py)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, options: StepOptions,
-                 device: torch.device):
+                 device: torch.device, timer: Optional[StepTimer] = None):
         self.model, self.optimizer, self.options, self.device = model, optimizer, options, device
+        self.timer = timer or StepTimer(device, enabled=False)
         self.criterion = nn.CrossEntropyLoss()
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type) if options.precision == "fp16" else None
@@ -83,9 +87,11 @@ class TrainStep:
             loss = self.criterion(logits, labels)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            self.timer.backward_done()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            self.timer.backward_done()
             self.optimizer.step()
         return loss.detach().float(), logits.detach()

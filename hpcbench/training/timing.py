@@ -77,6 +77,9 @@ class _Clock:
     def seconds(self, start: Any, end: Any) -> float:
         return end - start
 
+    def wait(self) -> None:
+        """Until every mark is final (a CPU's are at once)."""
+
 
 class _CudaClock(_Clock):
     """Marks as CUDA events on the current stream: their times are the GPU's, read after a sync."""
@@ -88,6 +91,9 @@ class _CudaClock(_Clock):
 
     def seconds(self, start: Any, end: Any) -> float:
         return start.elapsed_time(end) / 1000.0
+
+    def wait(self) -> None:
+        torch.cuda.synchronize()  # all streams: the all-reduce marks sit on the communication's
 
 
 @dataclass
@@ -101,9 +107,11 @@ class _Step:
 
 
 class StepTimer:
-    """The marks of every step since the last `settle()`, turned into PhaseTimes there."""
+    """The marks of every step since the last `settle()`, turned into PhaseTimes there.
+    Disabled, every method does nothing (the benchmark's uninstrumented recipe)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, enabled: bool = True):
+        self.enabled = enabled
         self.clock = _CudaClock() if device.type == "cuda" else _Clock()
         self.pending: List[_Step] = []
         self.current = _Step()
@@ -113,17 +121,21 @@ class StepTimer:
         self.pending, self.current, self.times = [], _Step(), PhaseTimes()
 
     def start(self, timed: bool = True) -> None:
-        self.current = _Step(start=self.clock.mark(), timed=timed)
+        if self.enabled:
+            self.current = _Step(start=self.clock.mark(), timed=timed)
 
     def batch_ready(self) -> None:
-        self.current.ready = self.clock.mark()
+        if self.enabled:
+            self.current.ready = self.clock.mark()
 
     def backward_done(self) -> None:
-        self.current.backward = self.clock.mark()
+        if self.enabled:
+            self.current.backward = self.clock.mark()
 
     def step_done(self) -> None:
-        self.current.done = self.clock.mark()
-        self.pending.append(self.current)
+        if self.enabled:
+            self.current.done = self.clock.mark()
+            self.pending.append(self.current)
 
     def bucket(self) -> Any:
         """A bucket's gradients are ready: called by the communication hook."""
@@ -135,11 +147,14 @@ class StepTimer:
     def settle(self) -> PhaseTimes:
         """Turn the pending marks into seconds. Call only after the device has finished them
         (the loop's periodic sync); on a CPU this costs nothing."""
+        if self.pending:
+            self.clock.wait()
         seconds = self.clock.seconds
         for step in self.pending:
             relative = [(seconds(step.start, ready), seconds(step.start, done)) for ready, done in step.buckets]
             ready_s, backward_s, done_s = (seconds(step.start, mark) for mark in (step.ready, step.backward, step.done))
-            compute_end = min(max([ready_s, *(r for r, _ in relative)]), backward_s)
+            # Serial: the backward pass is all compute. DDP: compute ends when the last bucket is ready.
+            compute_end = min(max([ready_s, *(r for r, _ in relative)]), backward_s) if relative else backward_s
             parts = (ready_s, compute_end - ready_s, backward_s - compute_end, done_s - backward_s)
             self.times.add_step(parts, _union_length(relative), len(relative), step.timed)
         self.pending = []
@@ -155,9 +170,10 @@ def _union_length(intervals: List[Tuple[float, float]]) -> float:
     return total
 
 
-def timed_allreduce_hook(timer: StepTimer, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+def timed_allreduce_hook(timer, bucket):  # no annotations: DDP checks them, and they would be strings here
     """DDP's own all-reduce (sum, then divide by the world size: what DDP does without a hook),
-    with the moment the bucket was ready and the moment its all-reduce finished marked."""
+    with the moment the bucket was ready and the moment its all-reduce finished marked.
+    `timer` is a StepTimer, `bucket` a dist.GradBucket; returns a Future of the reduced tensor."""
     ready = timer.bucket()
     tensor = bucket.buffer()
     tensor.div_(dist.get_world_size())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +28,16 @@ from hpcbench.mpi.process_group import all_reduce_sum
 from hpcbench.mpi.topology import SERIAL, Topology, threads_per_rank
 from hpcbench.progress import Progress
 from hpcbench.rundir import EpochMetrics, RunSummary
+from hpcbench.training.breakdown import phase_fields, rank_vector
 from hpcbench.training.checkpoint import agreed_resume_checkpoint, restore_training_state
+from hpcbench.training.cost import EnergyMeter, energy_of_all_ranks
 from hpcbench.training.device import peak_memory_mb, select_device, synchronize
 from hpcbench.training.optim import LearningRateSchedule, build_optimizer
+from hpcbench.training.probe import probe_run
 from hpcbench.training.record import RunRecord, check_run_directory
 from hpcbench.training.signals import Interrupted, StopFlag, stop_on_signals
 from hpcbench.training.step import FP32, StepOptions, TrainStep
+from hpcbench.training.timing import PhaseTimes, StepTimer, gather_over_ranks, timed_allreduce_hook
 
 log = logging.getLogger("hpcbench")
 
@@ -56,8 +60,8 @@ class EpochResult:
     loss: float
     accuracy: float
     time_s: float
-    data_time_s: float = 0.0
     samples_per_s: float = 0.0
+    phases: PhaseTimes = field(default_factory=PhaseTimes)  # this rank's
 
 
 def seed_everything(seed: int) -> None:
@@ -86,28 +90,33 @@ def _check_flags(nonfinite: torch.Tensor, stop: StopFlag, topology: Topology, ep
 def train_one_epoch(step_fn: TrainStep, pipeline: DataPipeline, schedule: LearningRateSchedule, epoch: int,
                     topology: Topology, label: str, stop: StopFlag) -> EpochResult:
     step_fn.model.train()
-    device, loader = step_fn.device, pipeline.train_loader
+    device, loader, timer = step_fn.device, pipeline.train_loader, step_fn.timer
     # (loss sum, correct, count) stay on the device: no .item() and no host sync per step.
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     nonfinite = torch.zeros(1, dtype=torch.float64, device=device)  # > 0 once a loss was NaN or inf
     steps = len(loader)
     progress = Progress(label, steps, enabled=topology.is_main, unit="img", unit_scale=loader.batch_size or 1)
-    data_time, measured_images, measure_start = 0.0, 0, None
+    measured_images, measure_start = 0, None
+    timer.new_epoch()
     start = time.perf_counter()
     batches = iter(loader)
     for step in range(1, steps + 1):
-        wait_start = time.perf_counter()
+        timer.start(timed=step > TIMING_WARMUP_STEPS)
         images, labels = next(batches)
-        data_time += time.perf_counter() - wait_start
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        timer.batch_ready()
         schedule.apply(step_fn.optimizer, epoch, step - 1)
-        loss, logits = step_fn(images, labels)
+        loss, logits = step_fn(images, labels)  # marks the end of the backward pass
         with torch.no_grad():
-            count = labels.new_tensor(labels.numel(), dtype=torch.float64)
+            # torch.full fills on the device; a tensor made from a Python number is copied there
+            # from the host, which waits for the GPU's queue to drain (a sync per step).
+            count = torch.full((), labels.numel(), dtype=torch.float64, device=device)
             totals += torch.stack([loss.double() * count, (logits.argmax(1) == labels).sum().double(), count])
             nonfinite += (~torch.isfinite(loss)).double()
+        timer.step_done()
         if step % SYNC_EVERY_STEPS == 0 or step == steps:
-            _check_flags(nonfinite, stop, topology, epoch)
+            _check_flags(nonfinite, stop, topology, epoch)  # a host sync: the step marks are final now
+            timer.settle()
         elif not topology.distributed and stop.requested:  # alone, a process can stop at once
             stop.stop()
         if step == TIMING_WARMUP_STEPS:
@@ -121,9 +130,10 @@ def train_one_epoch(step_fn: TrainStep, pipeline: DataPipeline, schedule: Learni
     progress.close()
     if measure_start is None or measured_images == 0:  # fewer steps than the warm-up: use them all
         measure_start, measured_images = start, int(totals[2].item())
-    rate = all_reduce_sum(torch.tensor([measured_images / (end - measure_start)], dtype=torch.float64), topology)
+    rate = all_reduce_sum(torch.tensor([measured_images / (end - measure_start)], dtype=torch.float64, device=device),
+                          topology)  # on the device: NCCL reduces nothing else
     loss, accuracy = _mean_loss_and_accuracy(totals, topology)
-    return EpochResult(loss, accuracy, end - start, data_time, float(rate.item()))
+    return EpochResult(loss, accuracy, end - start, float(rate.item()), timer.times)
 
 
 def _mean_loss_and_accuracy(totals: torch.Tensor, topology: Topology) -> tuple[float, float]:
@@ -160,7 +170,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, topology: Topology,
         with options.autocast(device):
             logits = model(options.prepare_input(images))
         loss_sum = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        count = torch.tensor(labels.numel(), dtype=torch.float64, device=device)
+        count = torch.full((), labels.numel(), dtype=torch.float64, device=device)
         totals += torch.stack([loss_sum.double(), (logits.argmax(1) == labels).sum().double(), count])
     loss, accuracy = _mean_loss_and_accuracy(totals, topology)
     return EpochResult(loss, accuracy, time.perf_counter() - start)
@@ -178,12 +188,13 @@ def check_every_rank_trains(pipeline: DataPipeline, cfg: RunConfig, topology: To
 
 
 def build_training_model(cfg: RunConfig, num_classes: int, device: torch.device, topology: Topology,
-                         options: StepOptions) -> nn.Module:
+                         options: StepOptions, timer: StepTimer) -> nn.Module:
     model = build_model(cfg.model.name, num_classes, cfg.model.pretrained, cfg.data.image_size)
     check_input_size(model, cfg.model.name, cfg.data.image_size)
     model = options.prepare_model(model.to(device))
     if topology.distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model.register_comm_hook(timer, timed_allreduce_hook)  # DDP's all-reduce, timed per bucket
     return torch.compile(model) if options.compile else model
 
 
@@ -227,10 +238,14 @@ def _train_epochs(cfg: RunConfig, record: RunRecord, pipeline: DataPipeline, dev
                   topology: Topology, stop: StopFlag) -> None:
     options = StepOptions.resolve(cfg.train.precision, cfg.train.channels_last, cfg.train.compile, device)
     record.step_options(options, cfg.data.pipeline)
-    model = build_training_model(cfg, len(pipeline.classes), device, topology, options)
+    timer = StepTimer(device)
+    model = build_training_model(cfg, len(pipeline.classes), device, topology, options, timer)
     optimizer = build_optimizer(model.parameters(), cfg.train)
-    step_fn = TrainStep(model, optimizer, options, device)
+    step_fn = TrainStep(model, optimizer, options, device, timer)
     schedule = LearningRateSchedule.for_run(cfg, len(pipeline.train_loader))
+    record.probed(probe_run(cfg, model, device, topology, options), len(pipeline.train_loader))
+    energy = EnergyMeter(device, reads_node_counter=topology.local_rank == 0)
+    energy.start()
     first_epoch = 1
     checkpoint = agreed_resume_checkpoint(record.checkpoint_dir, cfg, topology) if cfg.train.resume else None
     if checkpoint is not None:
@@ -250,6 +265,7 @@ def _train_epochs(cfg: RunConfig, record: RunRecord, pipeline: DataPipeline, dev
         label = f"epoch {epoch}/{cfg.train.epochs}"
         trained = train_one_epoch(step_fn, pipeline, schedule, epoch, topology, label, stop)
         tested = evaluate(model, pipeline.test_loader, device, topology, options)
+        per_rank = gather_over_ranks(rank_vector(trained.phases, trained.time_s), device, topology.world_size)
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=trained.loss,
@@ -260,12 +276,12 @@ def _train_epochs(cfg: RunConfig, record: RunRecord, pipeline: DataPipeline, dev
             epoch_time_s=trained.time_s + tested.time_s,
             train_time_s=trained.time_s,
             eval_time_s=tested.time_s,
-            data_time_s=trained.data_time_s,
-            compute_time_s=trained.time_s - trained.data_time_s,
             samples_per_s=trained.samples_per_s,
             peak_memory_mb=peak_memory_mb(device),
+            **phase_fields(trained.phases, trained.time_s, per_rank),
         )
-        record.record_epoch(metrics, model, optimizer, step_fn.scaler, pipeline.classes)
+        record.record_epoch(metrics, model, optimizer, step_fn.scaler, pipeline.classes,
+                            energy_of_all_ranks(energy, topology, device))
         if topology.is_main:
             log.info(
                 "%s train_loss %.4f train_acc %.4f test_loss %.4f test_acc %.4f lr %.1e %.1fs %.1f img/s",

@@ -1,0 +1,161 @@
+"""Verdicts that hold up: the statistics, accuracy parity on real runs both ways, time to accuracy,
+and the sweep-to-sweep regression gate on real runs."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import read_json, run_cli, table_rows
+from scipy import stats as scipy_stats
+from statsmodels.stats.proportion import proportion_confint
+
+from hpcbench.report import stats
+
+# ResNet-18 from scratch on synthetic data, 32 px, 512 training and 256 test images, 2 epochs.
+QUICK = ["data.image_size=32", "data.limit_train=512", "data.limit_test=256", "data.num_workers=0", "train.epochs=2",
+         "batch_size=per_device_32", "model=resnet18", "train.lr=1e-3", "train.probe=false"]
+
+
+def test_intervals_are_student_t_and_wilson():
+    interval = stats.t_interval([10.0, 12.0, 14.0])
+    half = scipy_stats.t.ppf(0.975, 2) * 2.0 / np.sqrt(3)
+    assert (interval.low, interval.high, interval.n) == pytest.approx((12 - half, 12 + half, 3))
+    assert stats.t_interval([5.0]) is None  # one run has no spread
+    wilson = stats.proportion_interval(90, 100)
+    assert (wilson.low, wilson.high) == pytest.approx(proportion_confint(90, 100, method="wilson"))
+
+
+def test_a_single_runs_throughput_interval_comes_from_its_step_times():
+    interval = stats.throughput_interval(100.0, step_mean_s=0.32, step_std_s=0.032, steps=100)
+    step_half = scipy_stats.t.ppf(0.975, 99) * 0.032 / 10
+    assert interval.low == pytest.approx(100 * 0.32 / (0.32 + step_half))
+    assert interval.high == pytest.approx(100 * 0.32 / (0.32 - step_half))
+
+
+def test_welch_from_moments_equals_welch_on_the_samples():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.1, 40), rng.normal(1.1, 0.2, 25)
+    raw = stats.welch(a, b)
+    moments = stats.welch_from_moments((a.mean(), a.std(ddof=1), 40), (b.mean(), b.std(ddof=1), 25))
+    assert (moments.value, moments.low, moments.high, moments.p) == pytest.approx((raw.value, raw.low, raw.high, raw.p))
+
+
+def test_holm_adjusts_and_keeps_missing_values():
+    adjusted = stats.holm([0.01, float("nan"), 0.04, 0.03])
+    assert adjusted[0] == pytest.approx(0.03) and np.isnan(adjusted[1])
+    assert adjusted[2] == pytest.approx(0.06) and adjusted[3] == pytest.approx(0.06)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """Three configurations of one study, real runs: the serial baseline (seed 1); one DDP rank,
+    the same arithmetic with another seed (seed noise only); one DDP rank whose learning rate the
+    linear rule multiplies by 32 (a genuinely degraded configuration)."""
+    root = tmp_path_factory.mktemp("verdicts")
+    for name, overrides in [("baseline", ["mode=cpu", "train.seed=1"]),
+                            ("other_seed", ["mode=ddp", "mode.ranks=1", "mode.device=cpu", "train.seed=2"]),
+                            ("lr_x32", ["mode=ddp", "mode.ranks=1", "mode.device=cpu", "train.seed=3",
+                                        "train.lr_scaling=linear", "train.base_batch=1"])]:
+        result = run_cli([*QUICK, *overrides, f"hydra.run.dir={root / 'study' / name}"], root, timeout=600)
+        assert result.returncode == 0, result.stderr
+    return root / "study"
+
+
+def _report(runs: Path, out: Path, *extra: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(runs), "--out", str(out), *extra],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_seed_noise_is_not_flagged_and_a_degraded_configuration_is(study, tmp_path):
+    report = _report(study, tmp_path / "report")
+    table = pd.read_csv(tmp_path / "report" / "scaling.csv")
+    seed = table[(table["mode"] == "ddp") & table["lr_policy"].isna()].iloc[0]
+    degraded = table[table["lr_policy"] == "lr linear"].iloc[0]
+    assert seed["acc_test"] == "two-proportion" and not seed["acc_flag"], seed.to_dict()
+    assert degraded["acc_flag"] and degraded["acc_p_holm"] < 0.001 and degraded["acc_diff"] < -0.1, degraded.to_dict()
+    verdicts = {row[1]: row[-1] for row in table_rows(report, "## Accuracy parity")}
+    assert verdicts == {"MPI + DDP (1 CPU ranks, 1 node)": "no", "MPI + DDP (1 CPU ranks, 1 node, lr linear)": "**flagged**"}
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_per_configuration(study, tmp_path):
+    report = _report(study, tmp_path / "report")
+    rows = {row[1]: row for row in table_rows(report, "## Time to accuracy")}
+    baseline = read_json(study / "baseline" / "summary.json")
+    target = f"{baseline['best_test_acc'] - 0.01:.4f}"
+    assert {row[3] for row in rows.values()} == {target}
+    assert rows["Serial CPU"][4] == "1/1" and rows["Serial CPU"][7] == "1.00x"
+    assert rows["MPI + DDP (1 CPU ranks, 1 node, lr linear)"][4:6] == ["0/1", "not reached"]
+    # An explicit target every configuration reaches in epoch 1: the wall time of that first epoch.
+    report = _report(study, tmp_path / "low", "--target", "0.05")
+    rows = {row[1]: row for row in table_rows(report, "## Time to accuracy")}
+    first = json.loads((study / "baseline" / "metrics.jsonl").read_text().splitlines()[0])
+    assert rows["Serial CPU"][4:7] == ["1/1", "1.0", f"{first['epoch_time_s']:.1f}"]
+
+
+def _slow_down(run_dir: Path, factor: float) -> None:
+    """What a regression looks like in a run directory: every duration x factor."""
+    summary = read_json(run_dir / "summary.json")
+    summary.update(total_time_s=summary["total_time_s"] * factor, samples_per_s=summary["samples_per_s"] / factor)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for epoch in metrics:
+        for key in ("epoch_time_s", "train_time_s", "step_time_mean_s", "step_time_std_s"):
+            epoch[key] *= factor
+        epoch["samples_per_s"] /= factor
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def _compare(old: Path, new: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpcbench.report.compare", str(old), str(new), *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_regression_gate_catches_an_injected_slowdown_and_nothing_else(study, tmp_path):
+    same = _compare(study, study)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert same.stdout.count("no significant change") == 3 and "Regression: no" in same.stdout
+
+    slower = tmp_path / "slower"
+    shutil.copytree(study, slower)
+    _slow_down(slower / "other_seed", 1.3)
+    csv = tmp_path / "changes.csv"
+    result = _compare(study, slower, "--csv", str(csv))
+    assert result.returncode == 1, result.stdout + result.stderr
+    changes = pd.read_csv(csv)
+    hit = changes[changes["verdict"].str.startswith("slower")]
+    assert len(hit) == 1 and hit.iloc[0]["mode"] == "ddp" and hit.iloc[0]["rate_change"] == pytest.approx(1 / 1.3 - 1, abs=1e-5)
+    assert hit.iloc[0]["rate_high"] < -0.05 and "Regression: yes" in result.stdout
+
+    # Report directories work as inputs too, and a configuration on one side only is listed.
+    _report(study, tmp_path / "old_report")
+    shutil.rmtree(slower / "lr_x32")
+    _report(slower, tmp_path / "new_report")
+    result = _compare(tmp_path / "old_report", tmp_path / "new_report")
+    assert result.returncode == 1 and "In one side only:" in result.stdout and "old only" in result.stdout
+    assert _compare(tmp_path / "nowhere", study).stderr.strip() == f"hpcbench-compare: error: {tmp_path / 'nowhere'} does not exist"
+
+
+def test_the_committed_quickstart_passes_against_itself_and_fails_when_made_slower(tmp_path):
+    quickstart = Path(__file__).resolve().parents[1] / "reports" / "quickstart"
+    same = _compare(quickstart, quickstart)
+    assert same.returncode == 0 and "Regression: no" in same.stdout, same.stdout + same.stderr
+    slower = tmp_path / "slower"
+    slower.mkdir()
+    runs = pd.read_csv(quickstart / "runs.csv")
+    runs["total_time_s"] *= 1.5
+    runs["samples_per_s"] /= 1.5
+    runs.to_csv(slower / "runs.csv", index=False)
+    result = _compare(quickstart, slower)
+    assert result.returncode == 1 and "Regression: yes" in result.stdout, result.stdout
+    assert "slower" in result.stdout and "faster" not in result.stdout
