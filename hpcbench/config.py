@@ -24,7 +24,7 @@ DEVICES = ("cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
 SCALINGS = ("weak", "strong")
 DATA_SOURCES = ("synthetic", "image_folder", "cifar10")
-PIPELINES = ("tensor", "pil")
+PIPELINES = ("auto", "tensor", "pil")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
@@ -34,10 +34,11 @@ KEEP_CHECKPOINTS = ("best", "resumable", "all")
 Choices = Union[Tuple[str, ...], Callable[[], Iterable[str]]]
 
 
-def one_of(default: str, choices: Choices) -> Any:
+def one_of(default: str, choices: Choices, unless: Optional[str] = None) -> Any:
     """A string field whose value must be one of `choices` (a tuple, or a function returning the
-    names a registry holds, called only when a config is checked)."""
-    return field(default=default, metadata={"choices": choices})
+    names a registry holds, called only when a config is checked); not checked when the field
+    `unless` of the same node is set (a user's own `_target_` makes `name` a free label)."""
+    return field(default=default, metadata={"choices": choices, "unless": unless})
 
 
 def positive(default: Any) -> Any:
@@ -118,15 +119,24 @@ class BatchSizeConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = one_of("mobilenet_v2", _model_names)  # a torchvision architecture with a new head
-    pretrained: bool = False  # ImageNet weights from TORCH_HOME's cache (never downloaded)
+    """A torchvision architecture by `name`, or the user's own: `_target_` names a function called
+    as `_target_(num_classes=..., **args)` (Hydra's instantiate) that returns an nn.Module."""
+
+    name: str = one_of("mobilenet_v2", _model_names, unless="_target_")  # with _target_: a label for reports
+    pretrained: bool = False  # ImageNet weights from TORCH_HOME's cache (never downloaded); torchvision only
+    _target_: Optional[str] = None  # e.g. mypkg.nets.build
+    args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of _target_
 
 
 @dataclass
 class DataConfig:
-    """Keys understood by every data option; `name` picks the source."""
+    """Keys understood by every data option; `name` picks the source, or `_target_` names the
+    user's own: a function called as `_target_(**args)` returning (train, test, class names), where
+    train and test are indexable (image, label) sequences (see hpcbench.data.custom)."""
 
-    name: str = one_of("synthetic", DATA_SOURCES)
+    name: str = one_of("synthetic", DATA_SOURCES, unless="_target_")  # with _target_: a label for reports
+    _target_: Optional[str] = None  # e.g. mypkg.data.build
+    args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of _target_
     root: Optional[str] = None  # image_folder / cifar10 location
     download: bool = True  # cifar10: try to download when missing (needs internet)
     image_size: int = positive(224)  # images are resized to this before the model sees them
@@ -134,7 +144,9 @@ class DataConfig:
     limit_test: Optional[int] = positive(None)  # use only the first N test images, class-balanced
     num_workers: int = non_negative(2)  # DataLoader worker processes per rank (pil pipeline)
     augment: bool = True  # the original study's training augmentation
-    pipeline: str = one_of("tensor", PIPELINES)  # tensor: device-resident, batched augmentation; pil: the study's
+    # tensor: device-resident, batched augmentation; pil: the study's DataLoader workers; auto: tensor
+    # when the images are uint8 of one size and fit in the device's memory, else pil
+    pipeline: str = one_of("auto", PIPELINES)
     synthetic_train_size: int = positive(50000)  # synthetic: images per split (CIFAR-10's sizes)
     synthetic_test_size: int = positive(10000)
 
@@ -219,7 +231,7 @@ def check_fields(node: Any, prefix: str = "") -> None:
                     check_fields(child, f"{key}.{name}.")
         if value is None:
             continue
-        if "choices" in spec.metadata:
+        if "choices" in spec.metadata and not (spec.metadata["unless"] and getattr(node, spec.metadata["unless"])):
             choices = spec.metadata["choices"]
             names = tuple(choices() if callable(choices) else choices)
             shown = ", ".join(names) if len(names) <= 12 else ", ".join(names[:12]) + f", ... ({len(names)} in all)"
@@ -234,6 +246,9 @@ def check_fields(node: Any, prefix: str = "") -> None:
 def validate(run: RunConfig) -> None:
     """The field declarations, then the rules that relate several keys."""
     check_fields(run)
+    _require(not (run.model._target_ and run.model.pretrained),
+             f"model.pretrained=true loads torchvision's ImageNet weights; for model._target_={run.model._target_} "
+             f"load your own weights in that function and set model.pretrained=false")
     if run.mode.name != "ddp":
         _require(run.mode.ranks == 1, f"mode.ranks={run.mode.ranks} needs mode=ddp (mode={run.mode.name} runs one process)")
     _require(

@@ -1,4 +1,5 @@
-"""Model construction: any torchvision classification architecture with a new classifier head.
+"""Model construction: any torchvision classification architecture with a new classifier head,
+or the user's own model (`model._target_`).
 
 `model.name` is any name `torchvision.models.list_models(module=torchvision.models)` gives
 (resnet50, efficientnet_b0, vit_b_16, convnext_tiny, ...). The head is found generically (the
@@ -18,7 +19,9 @@ import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from hpcbench.config import ModelConfig
 from hpcbench.errors import ConfigError, WeightsError
+from hpcbench.user_code import call_target
 
 IMAGENET_CLASSES = 1000
 
@@ -51,8 +54,11 @@ def check_pretrained_available(name: str) -> Path:
     return path
 
 
-def _size_arguments(name: str, image_size: int, pretrained: bool) -> dict:
-    """Constructor arguments of architectures built for one input size (ViT, MaxViT)."""
+def _constructor_arguments(name: str, image_size: int, pretrained: bool) -> dict:
+    """Constructor arguments of architectures built for one input size (ViT, MaxViT), and of those
+    whose default initialization torchvision announces it will change (named, so no FutureWarning)."""
+    if name in ("googlenet", "inception_v3"):
+        return {"init_weights": True}
     if name.startswith("vit_"):
         patch = int(name.split("_")[-1])
         if image_size % patch:
@@ -116,12 +122,27 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, image_siz
     """torchvision's `name` with a `num_classes` head (ImageNet weights first when `pretrained`)."""
     if name not in architecture_names():
         raise ConfigError(f"model.name={name!r} is not a torchvision classification model (hpcbench-train --models)")
-    model = torchvision.models.get_model(name, weights=None, **_size_arguments(name, image_size, pretrained))
+    model = torchvision.models.get_model(name, weights=None, **_constructor_arguments(name, image_size, pretrained))
     if pretrained:
         _load_imagenet_weights(model, name, image_size)
     _drop_auxiliary_heads(model)
     replace_head(model, num_classes)
     return model
+
+
+def build_custom_model(target: str, args: dict, num_classes: int) -> nn.Module:
+    """The user's `target(num_classes=..., **args)`."""
+    model = call_target("model._target_", target, args, ConfigError, num_classes=num_classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model._target_={target} must return a torch nn.Module, got {type(model).__name__}")
+    return model
+
+
+def build_configured_model(model: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+    """The model a run's `model` config describes, with a `num_classes` head."""
+    if model._target_:
+        return build_custom_model(model._target_, model.args, num_classes)
+    return build_model(model.name, num_classes, model.pretrained, image_size)
 
 
 def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
@@ -135,7 +156,7 @@ def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
             probe(torch.empty(1, 3, image_size, image_size, device="meta"))
     except (RuntimeError, ValueError, AssertionError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"model.name={name} cannot take data.image_size={image_size} inputs ({first}); "
+        raise ConfigError(f"model {name} cannot take data.image_size={image_size} inputs ({first}); "
                           f"raise data.image_size") from None
 
 

@@ -161,9 +161,11 @@ class RunDirectory:
         atomic_write_text(self.path / METRICS, lines)
 
     def mark_failed_if_running(self, error: str) -> None:
-        """Record a failure a crashed process could not record itself."""
+        """Record a failure a crashed process could not record itself: in an hpcbench run
+        directory (it has resolved_config.yaml) whose summary is missing or says running; any
+        other job directory (a foreign Hydra app's) is left alone."""
         summary = read_summary(self.path)
-        if summary.get("status", "running") == "running":
+        if (self.path / RESOLVED_CONFIG).is_file() and summary.get("status", "running") == "running":
             summary.update(status="failed", error=error)
             self.write_json(SUMMARY, summary)
 

@@ -3,6 +3,7 @@
     hpcbench-train                                    # serial CPU run, synthetic data
     hpcbench-train mode=ddp mode.ranks=2              # 2 MPI ranks on this machine
     hpcbench-train -m experiment=quickstart           # the offline demo sweep
+    hpcbench-train --models                           # the torchvision architectures model.name takes
     mpiexec -n 2 hpcbench-train mode=ddp mode.ranks=2 # ranks started by you
 """
 from __future__ import annotations
@@ -75,7 +76,17 @@ def _agree_on_run_directory() -> None:
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
+def list_models() -> None:
+    from hpcbench.models import architecture_names
+
+    names = architecture_names()
+    print(f"model.name takes any of these {len(names)} torchvision classifiers (or use model._target_ for your own):")
+    print("\n".join(f"  {name}" for name in names))
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--models"]:
+        return list_models()
     if launched_by_mpi():
         _agree_on_run_directory()
     run_hydra_app(hydra_main, "hpcbench-train")

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 PRIMARY_CONFIG = "hpcbench"
 
-# Small enough for a 2-core machine: 32 px, a few hundred images, 2 epochs, no worker processes.
+# Small enough for a 2-core machine: 32 px, a few hundred images, 2 epochs, no worker processes,
+# no probes (a second a run; the tests of the probes turn them on).
 TINY = [
     "data.image_size=32",
     "data.limit_train=128",
@@ -29,6 +30,7 @@ TINY = [
     "data.num_workers=0",
     "train.epochs=2",
     "batch_size=per_device_32",
+    "train.probe=false",
 ]
 
 register_resolvers()
@@ -70,6 +72,24 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def sacct(job_id: str, field: str) -> str:
+    """One field of a Slurm job's accounting record ("" until slurmdbd has it)."""
+    result = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job_id, f"--format={field}"], capture_output=True,
+                            text=True, timeout=30)
+    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
+
+
+def manifest(sweep: Path) -> dict:
+    return json.loads((sweep / "manifest.json").read_text())
+
+
+def job_count() -> int:
+    """Every job Slurm's accounting knows: a sweep that submits nothing leaves it unchanged."""
+    result = subprocess.run(["sacct", "-n", "-X", "-a", "-S", "2000-01-01", "--format=JobID"], capture_output=True,
+                            text=True, timeout=30)
+    return len(result.stdout.split())
 
 
 def table_rows(report: str, heading: str) -> list[list[str]]:

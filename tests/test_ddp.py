@@ -64,7 +64,8 @@ def test_one_ddp_step_equals_one_serial_step_on_the_doubled_batch(tmp_path):
     program = str(Path(__file__).parent / "mpi_programs" / "one_step.py")
     result = _mpiexec([program, str(result_file)], tmp_path)
     assert result.returncode == 0, result.stderr
-    worst, moved = map(float, result_file.read_text().split())
+    worst, moved, nodes, world = map(float, result_file.read_text().split())
+    assert (nodes, world) == (1, 2)
     assert moved > 1e-4  # the step changed the parameters ...
     assert worst < 1e-5  # ... exactly as the serial step did
 
@@ -227,3 +228,26 @@ def test_srun_without_mpi_plugin_singletons_are_detected(tmp_path):
     result = run_cli(DDP, tmp_path, env={"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2"})
     assert result.returncode == 2
     assert "separate MPI worlds of size 1" in result.stderr and "--mpi=pmi2" in result.stderr
+
+
+@pytest.mark.parametrize(("status", "fails"), [("completed", False), ("running", True)])
+def test_a_launcher_that_dies_after_every_rank_finished_does_not_fail_the_run(status, fails, tmp_path, monkeypatch):
+    """MPICH's mpiexec now and then dies of SIGPIPE in its teardown, after the ranks completed: the
+    run directory, not the launcher's exit status, says whether the run is complete."""
+    from helpers import compose_run
+
+    from hpcbench.mpi import launch
+
+    run = compose_run([*TINY, "mode=ddp", "mode.device=cpu"])
+    def mpiexec(command, **_):  # MPICH's, killed by SIGPIPE once the ranks have ended
+        if "--version" in command:
+            return subprocess.CompletedProcess(command, 0, stdout="HYDRA build details:", stderr="")
+        return subprocess.CompletedProcess(command, -13)
+
+    monkeypatch.setattr(launch.subprocess, "run", mpiexec)
+    (tmp_path / "summary.json").write_text(f'{{"status": "{status}"}}')
+    if fails:
+        with pytest.raises(launch.RanksFailed, match="exited with status -13"):
+            launch.launch_ranks(run, tmp_path)
+    else:
+        launch.launch_ranks(run, tmp_path)

@@ -71,7 +71,8 @@ def sweep(tmp_path_factory):
     """A real local sweep: a serial run and a 2-rank DDP run (gloo), weak scaling, 2 epochs."""
     root = tmp_path_factory.mktemp("explain")
     sweep = root / "sweep"
-    result = run_cli(["-m", *TINY, "data.limit_train=256", "mode=cpu,ddp", "mode.device=cpu", f"hydra.sweep.dir={sweep}"],
+    result = run_cli(["-m", *TINY, "train.probe=true", "data.limit_train=256", "mode=cpu,ddp", "mode.device=cpu",
+                      f"hydra.sweep.dir={sweep}"],
                      root, timeout=600)
     assert result.returncode == 0, result.stderr
     return sweep

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, read_json, read_metrics, run_cli, run_dirs, table_rows
+from helpers import TINY, compose_run, read_json, read_metrics, run_cli, run_dirs, table_rows
 from PIL import Image
 
 from hpcbench.errors import WeightsError
 from hpcbench.models import build_model, pretrained_weights_path
 from hpcbench.training.checkpoint import CheckpointError, safe_load
+from hpcbench.training.trainer import fit
 
 pytestmark = pytest.mark.slow
 
@@ -156,8 +157,8 @@ def test_no_config_value_reaches_a_shell(tmp_path):
     [run_dir] = run_dirs(tmp_path / "outputs")
     assert run_dir.name.endswith("_x; touch pwned") and read_json(run_dir / "summary.json")["world_size"] == 2
     # In a Slurm script every value is quoted.
-    result = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.dry_run=true", "hardware=ci_slurm",
-                      "hydra.launcher.job_name='x; touch pwned'", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    result = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.dry_run=true", "hardware=ci_cluster",
+                      "hydra.launcher.name='x; touch pwned'", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert "#SBATCH --job-name='x; touch pwned'" in result.stdout
     assert not (tmp_path / "pwned").exists()
 
@@ -270,7 +271,7 @@ def test_a_completed_run_keeps_what_keep_checkpoints_says(tmp_path):
     kept = {}
     for keep in ("best", "resumable", "all"):
         run_dir = tmp_path / keep
-        assert run_cli([*TINY, f"train.keep_checkpoints={keep}", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+        fit(compose_run([*TINY, f"train.keep_checkpoints={keep}"]), run_dir)
         kept[keep] = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert kept == {"best": ["best.pt"], "resumable": ["best.pt", "last.pt"], "all": ["best.pt", "last.prev.pt", "last.pt"]}
     # The resume state holds no RNG state: every epoch seeds itself from (seed, epoch, rank).
@@ -284,7 +285,5 @@ def test_a_completed_run_keeps_what_keep_checkpoints_says(tmp_path):
     assert before == {name: (tmp_path / "best" / name).read_bytes() for name in before}
 
     # A resumable one can: it trains epoch 3 only.
-    result = run_cli([*TINY, "train.epochs=3", f"hydra.run.dir={tmp_path / 'resumable'}"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    summary = read_json(tmp_path / "resumable" / "summary.json")
-    assert (summary["epochs"], summary["restarts"], summary["resumed_from_epochs"]) == (3, 1, [2])
+    summary = fit(compose_run([*TINY, "train.epochs=3"]), tmp_path / "resumable")
+    assert (summary.epochs, summary.restarts, summary.resumed_from_epochs) == (3, 1, [2])

@@ -1,14 +1,55 @@
 """Models and the pretrained-weights path (weights written by the test; nothing downloaded)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torchvision
+from torch import nn
 
-from hpcbench.errors import WeightsError
-from hpcbench.models import build_model, pretrained_weights_path
+from hpcbench.errors import ConfigError, WeightsError
+from hpcbench.models import IMAGENET_CLASSES, architecture_names, build_model, check_input_size, pretrained_weights_path
 
 REFERENCE_MODELS = ["mobilenet_v2", "resnet18"]
+# RegNets compute their widths from tensors while they are built, which the meta device cannot;
+# the 400mf/800mf ones (same code) are built for real.
+ON_META = [name for name in architecture_names() if not (name.startswith("regnet") and name.endswith("gf"))]
+
+
+def _meta_model(name: str, image_size: int = 224) -> nn.Module:
+    """The model with shapes only (no memory, no arithmetic), so every architecture is checked."""
+    if name.startswith("regnet"):
+        return build_model(name, num_classes=7, image_size=image_size).to("meta")
+    with torch.device("meta"):
+        return build_model(name, num_classes=7, image_size=image_size)
+
+
+@pytest.mark.parametrize("name", ON_META)
+def test_every_torchvision_classifier_gets_a_head_over_the_data_set_classes(name):
+    model = _meta_model(name).eval()
+    assert model(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, 7)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert not any(getattr(m, "out_features", getattr(m, "out_channels", 0)) == IMAGENET_CLASSES for m in layers)
+
+
+def test_the_listing_holds_the_study_s_next_models_and_no_detection_models():
+    names = architecture_names()
+    assert {"resnet50", "efficientnet_b0", "vit_b_16", "convnext_tiny", "regnet_y_400mf"} <= set(names)
+    assert not any(name.startswith(("fasterrcnn", "fcn_", "deeplab", "r3d_", "raft")) for name in names)
+    listed = subprocess.run([sys.executable, "-m", "hpcbench.train", "--models"], capture_output=True, text=True,
+                            timeout=120)
+    assert listed.returncode == 0 and f"these {len(names)} torchvision classifiers" in listed.stdout
+    assert [line.strip() for line in listed.stdout.splitlines()[1:]] == list(names)
+
+
+def test_input_size_constraints_are_named_at_start():
+    with pytest.raises(ConfigError, match="vit_b_16 cuts images into 16 px patches: data.image_size=40 must be a "
+                                          "multiple of 16"):
+        build_model("vit_b_16", num_classes=10, image_size=40)
+    with pytest.raises(ConfigError, match=r"model alexnet cannot take data.image_size=16 inputs .*raise data.image_size"):
+        check_input_size(build_model("alexnet", num_classes=10), "alexnet", 16)
 
 
 @pytest.mark.parametrize("name", REFERENCE_MODELS)
@@ -22,8 +63,10 @@ def test_mobilenet_v2_has_the_reference_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 2_236_682
 
 
-@pytest.mark.parametrize("name", REFERENCE_MODELS)
-def test_pretrained_weights_load_from_torch_home(name, tmp_path, monkeypatch):
+# ViT-B/16 at 32 px: its 224 px position embeddings are interpolated to the 2 x 2 patch grid.
+@pytest.mark.parametrize(("name", "image_size"), [("mobilenet_v2", 224), ("resnet18", 224), ("efficientnet_b0", 224),
+                                                  ("vit_b_16", 32)])
+def test_pretrained_weights_load_from_torch_home(name, image_size, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     imagenet_model = torchvision.models.get_model(name, weights=None)  # stands in for the published ImageNet weights
     path = pretrained_weights_path(name)
@@ -31,7 +74,7 @@ def test_pretrained_weights_load_from_torch_home(name, tmp_path, monkeypatch):
     path.parent.mkdir(parents=True)
     torch.save(imagenet_model.state_dict(), path)
 
-    model = build_model(name, num_classes=10, pretrained=True)
+    model = build_model(name, num_classes=10, pretrained=True, image_size=image_size)
     loaded, reference = model.state_dict(), imagenet_model.state_dict()
     backbone = [k for k in reference if loaded[k].shape == reference[k].shape]
     assert len(backbone) > 50

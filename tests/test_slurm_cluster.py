@@ -1,68 +1,34 @@
-"""The Slurm launcher on a real cluster (tests/slurm/cluster.sh; .ci/run starts it).
+"""The Slurm launcher on the real test cluster (tests/cluster/cluster.sh; .ci/run starts it).
 
 Skipped with a reason on a developer machine without a running cluster; under CI (CI=true) a
-missing cluster is a failure, never a skip.
+missing cluster is a failure, never a skip (conftest.slurm_cluster).
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY, read_json, run_cli
+from helpers import TINY, job_count, manifest, read_json, run_cli, sacct
 from PIL import Image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 
-def _cluster_is_up() -> bool:
-    if shutil.which("sinfo") is None:
-        return False
-    result = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
-    return result.returncode == 0 and ("idle" in result.stdout or "mix" in result.stdout)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def slurm_cluster():
-    if not _cluster_is_up():
-        if os.environ.get("CI"):
-            pytest.fail("no Slurm cluster is running: .ci/run must start it (tests/slurm/cluster.sh start)")
-        pytest.skip("no Slurm cluster here; start one with: tests/slurm/cluster.sh start")
-
-
-SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=1", "hardware=ci_slurm", *TINY, "train.epochs=1"]
-
-
-def _sacct(job_id: str, field: str) -> str:
-    result = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job_id, f"--format={field}"], capture_output=True,
-                            text=True, timeout=30)
-    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
-
-
-def _manifest(sweep: Path) -> dict:
-    return json.loads((sweep / "manifest.json").read_text())
-
-
-def _job_count() -> int:
-    result = subprocess.run(["sacct", "-n", "-X", "-a", "-S", "2000-01-01", "--format=JobID"], capture_output=True,
-                            text=True, timeout=30)
-    return len(result.stdout.split())
+SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=1", "hardware=ci_cluster", *TINY, "train.epochs=1"]
 
 
 def test_one_multirun_submits_cpu_and_ddp_jobs_with_their_own_resources(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli([*SLURM, "mode=cpu,ddp", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
-    jobs = {job["num"]: job for job in _manifest(sweep)["jobs"]}
+    jobs = {job["num"]: job for job in manifest(sweep)["jobs"]}
     cpu, ddp = jobs[0], jobs[1]
     # What Slurm itself recorded for each job: 1 task vs 2 tasks.
-    assert _sacct(cpu["slurm_job_id"], "NTasks") in ("", "1") and _sacct(cpu["slurm_job_id"], "State") == "COMPLETED"
-    assert _sacct(ddp["slurm_job_id"], "State") == "COMPLETED"
+    assert sacct(cpu["slurm_job_id"], "NTasks") in ("", "1") and sacct(cpu["slurm_job_id"], "State") == "COMPLETED"
+    assert sacct(ddp["slurm_job_id"], "State") == "COMPLETED"
     steps = subprocess.run(["sacct", "-n", "-P", "-j", ddp["slurm_job_id"], "--format=JobID,NTasks"], capture_output=True,
                            text=True, timeout=30).stdout
     assert any(line.split("|")[1] == "2" for line in steps.splitlines() if "|" in line), steps
@@ -91,7 +57,7 @@ def test_a_failing_job_is_reported_and_the_others_finish(tmp_path):
     result = run_cli([*SLURM, "mode=cpu", "data=image_folder", "data.limit_train=16", "data.limit_test=16",
                       f"data.root={tmp_path / 'missing'},{good}", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
     assert result.returncode != 0
-    jobs = {job["num"]: job for job in _manifest(sweep)["jobs"]}
+    jobs = {job["num"]: job for job in manifest(sweep)["jobs"]}
     failed_id = jobs[0]["slurm_job_id"]
     assert jobs[0]["state"] == "FAILED" and jobs[0]["error"] == f"Slurm job {failed_id} FAILED"
     assert jobs[1]["state"] == "COMPLETED"
@@ -105,11 +71,11 @@ def test_a_failing_job_is_reported_and_the_others_finish(tmp_path):
 
 @pytest.mark.parametrize("overrides", [["mode=cpu,ddp", "mode.ranks=1,8"], ["mode=cpu", "hardware.cpu_partition=gpu"]])
 def test_impossible_requests_are_refused_before_anything_is_submitted(tmp_path, overrides):
-    before = _job_count()
+    before = job_count()
     result = run_cli([*SLURM, *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=120)
     assert result.returncode == 2
     assert "hpcbench-train: error: job #" in result.stderr
-    assert _job_count() == before
+    assert job_count() == before
     assert not (tmp_path / "sweep" / "manifest.json").exists()
 
 
@@ -120,7 +86,7 @@ def test_submit_without_waiting_then_follow_with_status(tmp_path):
                      timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"hpcbench-status {sweep}" in result.stdout  # Hydra logs the launcher to stdout
-    assert len(_manifest(sweep)["jobs"]) == 2
+    assert len(manifest(sweep)["jobs"]) == 2
     status = None
     while time.monotonic() - started < 300:
         status = subprocess.run([sys.executable, "-m", "hpcbench.slurm.status", str(sweep)], capture_output=True,
@@ -130,40 +96,4 @@ def test_submit_without_waiting_then_follow_with_status(tmp_path):
         time.sleep(2)
     assert status is not None and status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.count("completed 1/1 epochs") == 2
-    assert {job["state"] for job in _manifest(sweep)["jobs"]} == {"COMPLETED"}
-
-
-@pytest.mark.parametrize("mode", ["cpu", "ddp"])
-def test_a_requeued_job_resumes_and_ends_with_the_uninterrupted_metrics(tmp_path, mode):
-    """A DDP job is requeued as a whole: every rank restarts and resumes from the same checkpoint."""
-    settings = [*SLURM, f"mode={mode}", "train.epochs=6", "data.limit_train=256"]
-    reference = tmp_path / "reference"
-    assert run_cli([*settings, f"hydra.sweep.dir={reference}"], tmp_path, timeout=600).returncode == 0
-
-    sweep = tmp_path / "sweep"
-    result = run_cli([*settings, "hydra.launcher.wait=false", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr
-    job_id = _manifest(sweep)["jobs"][0]["slurm_job_id"]
-    metrics = sweep / "0" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 1):
-        assert time.monotonic() < deadline, "the job never finished an epoch"
-        time.sleep(0.5)
-    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
-    # Slurm holds a requeued job back (BeginTime) for a while; let it start at once.
-    while "JobState=PENDING" not in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True,
-                                                   text=True, timeout=30).stdout:
-        assert time.monotonic() < deadline, "the requeued job never went back to PENDING"
-        time.sleep(0.5)
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
-    while _sacct(job_id, "State") != "COMPLETED" or read_json(sweep / "0" / "summary.json")["status"] != "completed":
-        assert time.monotonic() < deadline + 300, f"requeued job {job_id} did not complete: {_sacct(job_id, 'State')}"
-        time.sleep(1)
-    summary = read_json(sweep / "0" / "summary.json")
-    assert summary["restarts"] >= 1
-    log = (sweep / "0" / "train.log").read_text()
-    assert "resuming after epoch" in log
-    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
-    resumed = [[m[k] for k in keys] for m in map(json.loads, metrics.read_text().splitlines())]
-    expected = [[m[k] for k in keys] for m in map(json.loads, (reference / "0" / "metrics.jsonl").read_text().splitlines())]
-    assert resumed == expected
+    assert {job["state"] for job in manifest(sweep)["jobs"]} == {"COMPLETED"}

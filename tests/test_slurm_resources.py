@@ -29,19 +29,19 @@ def test_the_launcher_plugin_is_discovered(tmp_path):
     ("overrides", "expected"),
     [
         (["hardware=param_utkarsh", "mode=cpu"], dict(partition="cpu", nodes=1, tasks_per_node=1, cpus_per_task=40,
-                                                       gpus_per_node=0, mem_gb=192, srun_mpi=None)),
+                                                       gpus_per_node=0, mem_gb=192, srun_args=())),
         (["hardware=param_utkarsh", "mode=gpu"], dict(partition="gpu", tasks_per_node=1, cpus_per_task=20,
-                                                       gpus_per_node=1, gpu_type="v100", mem_gb=96)),
+                                                       gpus_per_node=1, gres="gpu:v100:1", mem_gb=96)),
         (["hardware=param_utkarsh", "mode=ddp"], dict(partition="gpu", nodes=1, tasks_per_node=2, cpus_per_task=20,
-                                                       gpus_per_node=2, mem_gb=192, srun_mpi="pmi2")),
+                                                       gpus_per_node=2, mem_gb=192, srun_args=("--mpi=pmi2", "--wait=150"))),
         (["hardware=param_utkarsh", "mode=ddp", "mode.ranks=8", "mode.nodes=4"],
          dict(nodes=4, tasks_per_node=2, gpus_per_node=2)),
         (["hardware=param_utkarsh", "mode=ddp", "mode.device=cpu", "mode.ranks=4"],
          dict(partition="cpu", tasks_per_node=4, cpus_per_task=10, gpus_per_node=0)),
         (["experiment=original_study", "+original_study=serial_cpu"], dict(partition="cpu", cpus_per_task=4, mem_gb=19)),
-        (["hardware=ci_slurm", "mode=cpu"], dict(partition="debug", cpus_per_task=1, mem_gb=2, time_min=30)),
-        (["hardware=ci_slurm", "mode=ddp"], dict(partition="debug", tasks_per_node=2, cpus_per_task=1, mem_gb=4,
-                                                  srun_mpi="pmi2")),
+        (["hardware=ci_cluster", "mode=cpu"], dict(partition="debug", cpus_per_task=1, mem_gb=2, timeout_min=30)),
+        (["hardware=ci_cluster", "mode=ddp"], dict(partition="debug", tasks_per_node=2, cpus_per_task=1, mem_gb=4,
+                                                  srun_args=("--mpi=pmi2", "--wait=150"))),
     ],
 )
 def test_each_job_gets_the_resources_its_own_config_needs(overrides, expected):
@@ -55,8 +55,8 @@ def test_each_job_gets_the_resources_its_own_config_needs(overrides, expected):
         (["hardware=param_utkarsh", "mode=ddp", "mode.ranks=4"], "needs 4 GPUs per node, but partition gpu of hardware=param_utkarsh has 2; use mode.nodes=2"),
         (["hardware=param_utkarsh", "mode=cpu", "mode.cpus_per_rank=64"], "need 64 cores per node, but partition cpu of hardware=param_utkarsh has 40"),
         (["hardware=param_utkarsh", "hardware.cpu_partition=bigmem"], "hardware.cpu_partition=bigmem is not a partition of hardware=param_utkarsh (it has: cpu, gpu)"),
-        (["hardware=ci_slurm", "mode=gpu"], "needs GPUs, but partition debug of hardware=ci_slurm has none"),
-        (["hardware=ci_slurm", "mode=ddp", "mode.ranks=8"], "need 8 cores per node, but partition debug of hardware=ci_slurm has 4"),
+        (["hardware=ci_cluster", "mode=gpu"], "needs GPUs, but partition debug of hardware=ci_cluster has none"),
+        (["hardware=ci_cluster", "mode=ddp", "mode.ranks=8"], "need 8 cores per node, but partition debug of hardware=ci_cluster has 4"),
         (["hardware=param_utkarsh", "mode=ddp", "mode.ranks=160", "mode.nodes=80"], "exceeds the 8 node(s)"),
         (["hardware=param_utkarsh", "hardware.time_limit_min=9000"], "exceeds the 4320 min limit"),
     ],
@@ -70,8 +70,8 @@ CASES = {
     "param_utkarsh_cpu": ["hardware=param_utkarsh", "mode=cpu"],
     "param_utkarsh_gpu": ["hardware=param_utkarsh", "mode=gpu"],
     "param_utkarsh_ddp_2x2": ["hardware=param_utkarsh", "mode=ddp", "mode.ranks=4", "mode.nodes=2"],
-    "ci_slurm_cpu": ["hardware=ci_slurm", "mode=cpu"],
-    "ci_slurm_ddp": ["hardware=ci_slurm", "mode=ddp"],
+    "ci_cluster_cpu": ["hardware=ci_cluster", "mode=cpu"],
+    "ci_cluster_ddp": ["hardware=ci_cluster", "mode=ddp"],
 }
 
 
@@ -94,8 +94,8 @@ def test_dry_run_prints_every_job_and_submits_nothing(tmp_path):
     out = result.stdout
     assert "Dry run: 3 job(s) in 3 array(s); nothing is submitted." in out
     for mode, resources in [("cpu", "partition=cpu nodes=1 tasks/node=1 cpus/task=40"),
-                            ("gpu", "partition=gpu nodes=1 tasks/node=1 cpus/task=20, 1 GPU(s)/node"),
-                            ("ddp", "partition=gpu nodes=1 tasks/node=2 cpus/task=20, 2 GPU(s)/node")]:
+                            ("gpu", "partition=gpu nodes=1 tasks/node=1 cpus/task=20, gpu:v100:1"),
+                            ("ddp", "partition=gpu nodes=1 tasks/node=2 cpus/task=20, gpu:v100:2")]:
         assert f"hardware=param_utkarsh mode={mode}" in out
         assert resources in out
     assert out.count("#!/bin/bash") == 3 and "#SBATCH --gres=gpu:v100:2" in out and "--mpi=pmi2" in out

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hpcbench.config import RunConfig, per_device_batch
 from hpcbench.data.sampling import MIN_TRAIN_BATCH, DataPipeline, ShardSampler, train_shard_sampler
-from hpcbench.data.sources import ImageSource, balanced_first_n, open_source
+from hpcbench.data.sources import ImageSource, balanced_first_n
 from hpcbench.data.transforms import eval_transform, train_transform
 
 
@@ -26,10 +26,9 @@ class TransformedSubset(Dataset):
         return self.transform(self.source.load(index)), self.source.labels[index]
 
 
-def build_pil_pipeline(run: RunConfig, rank: int, world_size: int) -> DataPipeline:
+def build_pil_pipeline(run: RunConfig, train_source: ImageSource, test_source: ImageSource, rank: int,
+                       world_size: int) -> DataPipeline:
     data = run.data
-    train_source = open_source(data, "train", run.train.seed)
-    test_source = open_source(data, "test", run.train.seed)
     train_set = TransformedSubset(
         train_source, balanced_first_n(train_source.labels, data.limit_train), train_transform(data.image_size, data.augment)
     )
@@ -46,4 +45,4 @@ def build_pil_pipeline(run: RunConfig, rank: int, world_size: int) -> DataPipeli
     )
     test_loader = DataLoader(test_set, batch_size=batch, sampler=ShardSampler(len(test_set), rank, world_size), **workers)
     return DataPipeline(train_loader, test_loader, train_sampler, train_source.classes, len(train_set), len(test_set),
-                        rank)
+                        rank, "pil")

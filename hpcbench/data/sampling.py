@@ -51,6 +51,7 @@ class DataPipeline:
     num_train: int  # images in the (limited) training set, all ranks together
     num_test: int
     rank: int
+    kind: str  # tensor | pil: the pipeline that feeds the model (data.pipeline=auto resolved)
 
     def set_epoch(self, epoch: int, seed: int) -> None:
         """Shuffling and augmentation seeds are functions of (seed, epoch, rank) alone, so an

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Protocol, Sequence
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -40,11 +40,15 @@ class ImageSource(Protocol):
         ...
 
 
+class MixedImageSizes(DataError):
+    """Images of several sizes: the tensor pipeline cannot hold them (data.pipeline=auto then uses pil)."""
+
+
 def stack_same_size(arrays: List[np.ndarray], names: Sequence[object]) -> np.ndarray:
     """One (N, H, W, 3) array; images of different sizes cannot share one tensor."""
     for array, name in zip(arrays, names, strict=True):
         if array.shape != arrays[0].shape:
-            raise DataError(
+            raise MixedImageSizes(
                 f"the tensor pipeline needs images of one size: {name} is {array.shape[1]}x{array.shape[0]}, "
                 f"others {arrays[0].shape[1]}x{arrays[0].shape[0]}; use data.pipeline=pil"
             )
@@ -211,8 +215,17 @@ class Cifar10Source:
         return None  # already one array in memory
 
 
+def open_sources(data: DataConfig, seed: int) -> Tuple[ImageSource, ImageSource]:
+    """(train, test) of the data set `data` names, or of the user's own (`data._target_`)."""
+    if data._target_:
+        from hpcbench.data.custom import open_custom_sources
+
+        return open_custom_sources(data)
+    return open_source(data, "train", seed), open_source(data, "test", seed)
+
+
 def open_source(data: DataConfig, split: str, seed: int) -> ImageSource:
-    """The `split` ("train" or "test") of the data set `data` names."""
+    """The `split` ("train" or "test") of the built-in data set `data` names."""
     if data.name == "synthetic":
         size = data.synthetic_train_size if split == "train" else data.synthetic_test_size
         return SyntheticSource(seed=seed, split=split, size=size)

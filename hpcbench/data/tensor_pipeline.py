@@ -14,7 +14,7 @@ import torch
 from hpcbench.config import RunConfig, per_device_batch
 from hpcbench.data.augment import augment, resize_and_normalise
 from hpcbench.data.sampling import DataPipeline, ShardSampler, train_batches, train_shard_sampler
-from hpcbench.data.sources import ImageSource, balanced_first_n, open_source
+from hpcbench.data.sources import ImageSource, balanced_first_n
 from hpcbench.files import atomic_write_bytes, torch_bytes
 
 log = logging.getLogger("hpcbench")
@@ -63,17 +63,17 @@ class TensorBatches:
             yield self.transform(self.images[batch]), self.labels[batch]
 
 
-def build_tensor_pipeline(run: RunConfig, rank: int, world_size: int, device: torch.device) -> DataPipeline:
+def build_tensor_pipeline(run: RunConfig, train_source: ImageSource, test_source: ImageSource, rank: int,
+                          world_size: int, device: torch.device) -> DataPipeline:
     data, size = run.data, run.data.image_size
     splits = {}
-    for split, limit in (("train", data.limit_train), ("test", data.limit_test)):
-        source = open_source(data, split, run.train.seed)
+    for split, source, limit in (("train", train_source, data.limit_train), ("test", test_source, data.limit_test)):
         indices = balanced_first_n(source.labels, limit)
         images = load_uint8(source, indices, split).to(device)
         labels = torch.tensor([source.labels[i] for i in indices], device=device)
-        splits[split] = (source, images, labels)
-    train_source, train_images, train_labels = splits["train"]
-    _, test_images, test_labels = splits["test"]
+        splits[split] = (images, labels)
+    train_images, train_labels = splits["train"]
+    test_images, test_labels = splits["test"]
     sampler = train_shard_sampler(len(train_labels), rank, world_size, run.train.seed)
     batch = per_device_batch(run)
 
@@ -89,4 +89,4 @@ def build_tensor_pipeline(run: RunConfig, rank: int, world_size: int, device: to
     shard = torch.tensor(list(ShardSampler(len(test_labels), rank, world_size)), device=device, dtype=torch.long)
     test = TensorBatches(test_images, test_labels, batch, len(shard), lambda: shard,
                          lambda images: resize_and_normalise(images, size), drop_single_last=False)
-    return DataPipeline(train, test, sampler, train_source.classes, len(train_labels), len(test_labels), rank)
+    return DataPipeline(train, test, sampler, train_source.classes, len(train_labels), len(test_labels), rank, "tensor")

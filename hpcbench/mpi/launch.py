@@ -1,14 +1,17 @@
 """Starting the MPI ranks of a DDP run from a plain `hpcbench-train mode=ddp` command.
 
 The launch command is an argument list built from the hardware profile (mpiexec, mpirun, or srun
-with its MPI plugin); no config value ever passes through a shell. When the ranks fail, the user
-gets one line naming the rank and host that failed first; the tracebacks stay in the run
+with its MPI plugin); no config value ever passes through a shell. Inside a Slurm allocation (an
+`salloc` shell, a batch script) the ranks are the allocation's: srun starts them, whatever the
+profile says, and the allocation's nodes and tasks bound the request. When the ranks fail, the
+user gets one line naming the rank and host that failed first; the tracebacks stay in the run
 directory (mpi/failures.py).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +22,7 @@ from hpcbench.config import RunConfig
 from hpcbench.errors import ConfigError, HpcbenchError
 from hpcbench.mpi.failures import RANKS_DIR, first_failure, read_failures
 from hpcbench.rundir import ENV, RunDirectory, read_summary
-from hpcbench.slurm.resources import derive_request
+from hpcbench.slurm.resources import derive_request, srun_rank_args
 
 log = logging.getLogger("hpcbench")
 
@@ -46,11 +49,29 @@ def find_launcher(name: str) -> str:
     return found
 
 
+def inside_allocation() -> bool:
+    """In an salloc shell or a batch script: a Slurm job, but not one of its srun steps."""
+    return "SLURM_JOB_ID" in os.environ and "SLURM_STEP_ID" not in os.environ
+
+
+def check_allocation(run: RunConfig) -> None:
+    """The allocation, not the hardware profile, says what this job may use."""
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("SLURM_NNODES", "1")))
+    tasks = int(os.environ.get("SLURM_NTASKS", str(run.mode.ranks)))
+    if run.mode.nodes > nodes or run.mode.ranks > tasks:
+        raise ConfigError(
+            f"mode.ranks={run.mode.ranks} on mode.nodes={run.mode.nodes} does not fit Slurm allocation "
+            f"{os.environ['SLURM_JOB_ID']} ({nodes} node(s), {tasks} task(s)); "
+            f"allocate with -N {run.mode.nodes} -n {run.mode.ranks}"
+        )
+
+
 def mpi_command(run: RunConfig, program: List[str]) -> List[str]:
     ranks, nodes = str(run.mode.ranks), str(run.mode.nodes)
     hardware = run.hardware
-    if hardware.mpi_launcher == "srun":
-        return ["srun", f"--mpi={hardware.srun_mpi}", "--ntasks", ranks, "--nodes", nodes, *program]
+    if hardware.mpi_launcher == "srun" or inside_allocation():
+        return ["srun", *srun_rank_args(run), "--ntasks", ranks, "--nodes", nodes,
+                "--ntasks-per-node", str(run.mode.ranks // run.mode.nodes), *program]
     launcher = find_launcher(hardware.mpi_launcher)
     if not _is_mpich(launcher):
         return [launcher, "-n", ranks, *program]
@@ -98,7 +119,10 @@ def ranks_failed(run_dir: Path, world_size: int, returncode: int) -> RanksFailed
 
 def launch_ranks(run: RunConfig, out_dir: Path) -> None:
     """Run the DDP ranks under MPI; they read the config from, and write into, `out_dir`."""
-    derive_request(run)  # refuses more ranks, cores or GPUs than the hardware profile has
+    if inside_allocation():
+        check_allocation(run)
+    else:
+        derive_request(run)  # refuses more ranks, cores or GPUs than the hardware profile has
     run_dir = RunDirectory(out_dir)
     run_dir.write_config(run)
     command = mpi_command(run, worker_command(out_dir))
@@ -106,6 +130,13 @@ def launch_ranks(run: RunConfig, out_dir: Path) -> None:
     returncode = subprocess.run(command, check=False).returncode
     if returncode != 0:
         summary = read_summary(out_dir)
+        if summary.get("status") == "completed" and not read_failures(out_dir):
+            # Every rank got through the last collective and rank 0 wrote the result: what failed
+            # is the launcher's own teardown (MPICH's mpiexec, now and then, dies of SIGPIPE
+            # writing to a proxy that has already exited).
+            log.warning("%s exited with status %d after every rank had finished; the run is complete",
+                        command[0], returncode)
+            return
         if summary.get("status") in ("interrupted", "diverged"):
             raise RanksStopped(summary.get("error") or summary["status"])
         error = ranks_failed(out_dir, run.mode.ranks, returncode)

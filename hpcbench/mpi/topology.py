@@ -32,6 +32,7 @@ class Topology:
     # A DDP run: MPI ranks with a torch.distributed process group, even a world of one (the
     # 1-GPU DDP baseline of a scaling study runs DDP's code path, all-reduce included).
     distributed: bool = False
+    store_address: str = ""  # host:port of rank 0's torch.distributed store
 
     @property
     def is_main(self) -> bool:

@@ -1,6 +1,6 @@
 """A trained run as a classifier: the model rebuilt from the run's own config and its best
 checkpoint (loaded safely), each image prepared by the evaluation path of the pipeline the run
-used (`data.pipeline`: torch's resize on uint8 pixels for `tensor`, PIL's for `pil`), so a served
+used (summary.json's `pipeline`: torch's resize on uint8 pixels for `tensor`, PIL's for `pil`), so a served
 image gets exactly the pixels evaluation gave it.
 
 The original study's web page normalised with CIFAR statistics while training used ImageNet's;
@@ -17,8 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hpcbench.data.pipeline import eval_preprocess
 from hpcbench.errors import HpcbenchError
-from hpcbench.models import build_model
-from hpcbench.rundir import BEST, CHECKPOINTS, RESOLVED_CONFIG, read_resolved_config
+from hpcbench.models import build_configured_model
+from hpcbench.rundir import BEST, CHECKPOINTS, RESOLVED_CONFIG, read_resolved_config, read_summary
 from hpcbench.training.checkpoint import CheckpointError, safe_load
 
 MAX_PIXELS = 50_000_000  # refuse decompression bombs instead of exhausting memory
@@ -63,7 +63,7 @@ class Predictor:
         self.classes: List[str] = list(state.get("classes") or [])
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
-        self.model = build_model(self.config.model.name, len(self.classes), image_size=self.config.data.image_size)
+        self.model = build_configured_model(self.config.model, len(self.classes), self.config.data.image_size)
         try:
             self.model.load_state_dict(state["model"])
         except (KeyError, RuntimeError) as error:
@@ -71,7 +71,9 @@ class Predictor:
             raise CheckpointError(f"{checkpoint} does not match the run's config ({self.config.model.name}, "
                                   f"{len(self.classes)} classes): {first}") from None
         self.model.to(self.device).eval()
-        self.transform = eval_preprocess(self.config.data.pipeline, self.config.data.image_size)
+        # The pipeline the run used (data.pipeline=auto is resolved there); older runs: their config's.
+        pipeline = read_summary(run_dir).get("pipeline") or self.config.data.pipeline
+        self.transform = eval_preprocess(pipeline, self.config.data.image_size)
         self.threshold = threshold
         self.run_dir, self.checkpoint = run_dir, checkpoint
         self.epoch, self.test_acc = state.get("epoch"), state.get("test_acc")

@@ -1,13 +1,15 @@
 """A sweep on Slurm: plan every job (its own config -> its own resources), refuse what the
 hardware cannot hold, then submit one job array per distinct request, follow them and report.
 
-Called by the `hydra/launcher=slurm` plugin (hydra_plugins/hpcbench_slurm_launcher).
+Called by the `hydra/launcher=slurm` plugin (hydra_plugins/hpcbench_slurm_launcher), for any
+Hydra application: a job of hpcbench's own apps derives its request from its config, other apps'
+jobs take the launcher's resource keys; keys set explicitly override either.
 """
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -18,12 +20,13 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hpcbench.config import to_run_config
+from hpcbench.config import RunConfig, to_run_config
 from hpcbench.errors import ConfigError, HpcbenchError
 from hpcbench.rundir import RunDirectory, read_summary
 from hpcbench.slurm.job import HydraSlurmJob
 from hpcbench.slurm.manifest import Manifest, ManifestJob
 from hpcbench.slurm.monitor import category, stderr_tail, wait_for
+from hpcbench.slurm.nodes import check_nodes_available
 from hpcbench.slurm.resources import SlurmRequest, derive_request
 from hpcbench.slurm.sbatch import sbatch_script
 
@@ -34,11 +37,12 @@ log = logging.getLogger("hpcbench")
 class LauncherOptions:
     dry_run: bool
     wait: bool
-    max_requeues: int
     poll_interval_s: float
+    name: str
     signal_delay_s: int
+    max_num_timeout: int
     array_parallelism: int
-    job_name: str
+    resources: Dict[str, Any]  # hydra.launcher's resource keys; None: not set
 
 
 @dataclass
@@ -57,7 +61,13 @@ class SlurmSweepError(HpcbenchError):
     """One or more jobs of the sweep failed."""
 
 
-def plan_job(hydra_context: HydraContext, master: DictConfig, num: int, overrides: Sequence[str]) -> PlannedJob:
+def is_hpcbench_config(job_config: DictConfig) -> bool:
+    """A job of one of hpcbench's own apps: its config has every group of RunConfig."""
+    return all(name in job_config for name in (f.name for f in fields(RunConfig)))
+
+
+def plan_job(hydra_context: HydraContext, master: DictConfig, num: int, overrides: Sequence[str],
+             resources: Dict[str, Any]) -> PlannedJob:
     """Compose this job's own config and derive its request; a ConfigError names the job."""
     config = hydra_context.config_loader.load_sweep_config(master, list(overrides))
     with open_dict(config.hydra):
@@ -66,10 +76,10 @@ def plan_job(hydra_context: HydraContext, master: DictConfig, num: int, override
     run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
     job_config = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
     try:
-        request = derive_request(to_run_config(job_config))
+        derived = derive_request(to_run_config(job_config)) if is_hpcbench_config(job_config) else SlurmRequest()
     except ConfigError as error:
         raise ConfigError(f"job #{num} ({' '.join(filter_overrides(overrides))}): {error}") from None
-    return PlannedJob(num, list(overrides), run_dir, request)
+    return PlannedJob(num, list(overrides), run_dir, derived.with_overrides(resources))
 
 
 def group_by_request(jobs: List[PlannedJob]) -> Dict[SlurmRequest, List[PlannedJob]]:
@@ -100,7 +110,7 @@ def print_dry_run(groups: Dict[SlurmRequest, List[PlannedJob]], folder: Path, op
     out = sys.stdout
     out.write(f"Dry run: {sum(len(g) for g in groups.values())} job(s) in {len(groups)} array(s); nothing is submitted.\n")
     for request, jobs in groups.items():
-        script = sbatch_script(request, options.job_name, folder, len(jobs) if len(jobs) > 1 else None,
+        script = sbatch_script(request, options.name, folder, len(jobs) if len(jobs) > 1 else None,
                                options.signal_delay_s)
         for job in jobs:
             out.write(f"\n{job.label}\n  resources: {request.describe()}\n  run dir:   {job.run_dir}\n")
@@ -116,12 +126,14 @@ class SlurmSweep:
         self.folder = self.sweep_dir / ".submitit" / "%j"
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
-        planned = [plan_job(self.hydra_context, self.config, initial_job_idx + i, overrides)
+        planned = [plan_job(self.hydra_context, self.config, initial_job_idx + i, overrides, self.options.resources)
                    for i, overrides in enumerate(job_overrides)]  # every job checked before any is submitted
         groups = group_by_request(planned)
         if self.options.dry_run:
             print_dry_run(groups, self.folder, self.options)
             return [_job_return(job, JobStatus.COMPLETED, None) for job in planned]
+        for job in planned:  # nodes that are down or drained now: said before anything is submitted
+            check_nodes_available(f"job {job.label}", job.request.partition, job.request.nodes)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         submitted = self._submit(groups)
         manifest = Manifest(str(self.sweep_dir), datetime.now().isoformat(timespec="seconds"),
@@ -140,10 +152,15 @@ class SlurmSweep:
         callable_job = HydraSlurmJob(self.hydra_context, self.task_function, self.config)
         submitted = []
         for request, jobs in groups.items():
-            executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=self.options.max_requeues)
+            executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=self.options.max_num_timeout)
+            parameters = request.sbatch_parameters(self.options.name)
+            if self.options.max_num_timeout == 0:
+                # No requeues asked for: Slurm must not requeue after a node failure either (its
+                # JobRequeue default), or the launcher would report a failure that later resumes.
+                parameters["additional_parameters"] = {**parameters.get("additional_parameters", {}),
+                                                       "no_requeue": True}
             executor.update_parameters(signal_delay_s=self.options.signal_delay_s,
-                                       array_parallelism=self.options.array_parallelism,
-                                       **request.sbatch_parameters(self.options.job_name))
+                                       array_parallelism=self.options.array_parallelism, **parameters)
             handles = executor.map_array(callable_job, [job.overrides for job in jobs], [job.num for job in jobs],
                                          [Singleton.get_state()] * len(jobs))
             for job, handle in zip(jobs, handles, strict=True):

@@ -2,7 +2,7 @@
 and the checks that refuse a request the hardware profile cannot hold before anything is submitted."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Optional, Tuple
 
 from hpcbench.config import PartitionConfig, RunConfig, run_partition
@@ -11,51 +11,62 @@ from hpcbench.errors import ConfigError
 
 @dataclass(frozen=True)
 class SlurmRequest:
-    partition: str
-    nodes: int
-    tasks_per_node: int  # MPI ranks per node for mode=ddp, 1 otherwise
-    cpus_per_task: int
-    gpus_per_node: int
-    gpu_type: Optional[str]
-    mem_gb: int  # per node
-    time_min: int
-    account: Optional[str]
-    qos: Optional[str]
-    constraint: Optional[str]
-    setup: Tuple[str, ...]
-    srun_mpi: Optional[str]  # srun's --mpi plugin for the ranks of a DDP job
+    """What one job asks Slurm for, in hydra-submitit-launcher's names (hydra.launcher.<name>
+    overrides each one)."""
+
+    partition: Optional[str] = None  # None: the cluster's default partition
+    nodes: int = 1
+    tasks_per_node: int = 1  # MPI ranks per node for mode=ddp
+    cpus_per_task: Optional[int] = None
+    gpus_per_node: int = 0
+    gres: Optional[str] = None  # e.g. gpu:v100:2 (asked instead of gpus_per_node when set)
+    mem_gb: Optional[int] = None  # per node
+    timeout_min: int = 60
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    comment: Optional[str] = None
+    exclude: Optional[str] = None
+    setup: Tuple[str, ...] = ()
+    srun_args: Tuple[str, ...] = ()  # e.g. --mpi=pmi2 for the ranks of a DDP job
+    additional_parameters: Tuple[Tuple[str, Any], ...] = ()  # any other sbatch option, as (name, value)
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:
-        gpus = f", {self.gpus_per_node} GPU(s)/node" if self.gpus_per_node else ""
-        mpi = f", srun --mpi={self.srun_mpi}" if self.srun_mpi else ""
-        return (f"partition={self.partition} nodes={self.nodes} tasks/node={self.tasks_per_node} "
-                f"cpus/task={self.cpus_per_task}{gpus} mem={self.mem_gb}GB/node time={self.time_min}min{mpi}")
+        gpus = f", {self.gres or f'{self.gpus_per_node} GPU(s)/node'}" if self.gpus_per_node or self.gres else ""
+        memory = f" mem={self.mem_gb}GB/node" if self.mem_gb else ""
+        cpus = f" cpus/task={self.cpus_per_task}" if self.cpus_per_task else ""
+        srun = f", srun {' '.join(self.srun_args)}" if self.srun_args else ""
+        return (f"partition={self.partition or '(default)'} nodes={self.nodes} tasks/node={self.tasks_per_node}"
+                f"{cpus}{gpus}{memory} time={self.timeout_min}min{srun}")
 
     def sbatch_parameters(self, job_name: str) -> Dict[str, Any]:
         """Parameters of submitit's SlurmExecutor (its names are sbatch's, with underscores)."""
-        params: Dict[str, Any] = {
-            "job_name": job_name,
-            "partition": self.partition,
-            "nodes": self.nodes,
-            "ntasks_per_node": self.tasks_per_node,
-            "cpus_per_task": self.cpus_per_task,
-            "mem": f"{self.mem_gb}GB",
-            "time": self.time_min,
-            "setup": list(self.setup),
-            "srun_args": [f"--mpi={self.srun_mpi}"] if self.srun_mpi else [],
-        }
-        if self.gpus_per_node:
-            if self.gpu_type:
-                params["gres"] = f"gpu:{self.gpu_type}:{self.gpus_per_node}"
-            else:
-                params["gpus_per_node"] = self.gpus_per_node
-        for key in ("account", "qos", "constraint"):
-            if getattr(self, key):
-                params[key] = getattr(self, key)
+        params: Dict[str, Any] = {"job_name": job_name, "nodes": self.nodes, "ntasks_per_node": self.tasks_per_node,
+                                  "time": self.timeout_min, "setup": list(self.setup),
+                                  "srun_args": list(self.srun_args)}
+        optional = {"partition": self.partition, "cpus_per_task": self.cpus_per_task,
+                    "mem": f"{self.mem_gb}GB" if self.mem_gb else None, "account": self.account, "qos": self.qos,
+                    "constraint": self.constraint, "comment": self.comment, "exclude": self.exclude,
+                    "gres": self.gres, "gpus_per_node": self.gpus_per_node if self.gpus_per_node and not self.gres else None}
+        params.update({key: value for key, value in optional.items() if value})
+        if self.additional_parameters:
+            params["additional_parameters"] = dict(self.additional_parameters)
         return params
+
+    def with_overrides(self, overrides: Dict[str, Any]) -> "SlurmRequest":
+        """This request with every key the user set explicitly (not None) replaced."""
+        chosen = {key: value for key, value in overrides.items() if value is not None}
+        for key in ("setup", "srun_args"):
+            if key in chosen:
+                chosen[key] = tuple(chosen[key])
+        if chosen.get("additional_parameters"):
+            chosen["additional_parameters"] = tuple(sorted(dict(chosen["additional_parameters"]).items()))
+        else:
+            chosen.pop("additional_parameters", None)
+        return replace(self, **chosen)
 
 
 def derive_request(run: RunConfig) -> SlurmRequest:
@@ -83,17 +94,31 @@ def derive_request(run: RunConfig) -> SlurmRequest:
         tasks_per_node=tasks_per_node,
         cpus_per_task=cpus_per_task,
         gpus_per_node=gpus_per_node,
-        gpu_type=partition.gpu_type if gpus_per_node else None,
+        gres=f"gpu:{partition.gpu_type}:{gpus_per_node}" if gpus_per_node and partition.gpu_type else None,
         mem_gb=mem_gb,
-        time_min=hardware.time_limit_min,
+        timeout_min=hardware.time_limit_min,
         account=hardware.account,
         qos=hardware.qos,
         constraint=hardware.constraint,
         setup=tuple(hardware.setup),
-        srun_mpi=hardware.srun_mpi if run.mode.name == "ddp" else None,
+        srun_args=srun_rank_args(run) if run.mode.name == "ddp" else (),
     )
     check_capacity(run, request, partition)
     return request
+
+
+# How long the other ranks of a DDP step may outlive the first one to end, beyond the collective
+# timeout in which they notice a lost peer and record it.
+RANK_EXIT_GRACE_S = 30
+
+
+def srun_rank_args(run: RunConfig) -> Tuple[str, ...]:
+    """srun's options for the MPI ranks of a DDP run: its MPI plugin, and --wait, after which srun
+    ends the ranks still running once one has ended. Without it a rank that dies inside MPI_Init
+    leaves the others waiting there until the job's time limit (seen with Slurm's pmi2 plugin,
+    which takes each PMI-1 command from a single read(), so a command that arrives in two pieces
+    is garbage to it)."""
+    return f"--mpi={run.hardware.srun_mpi}", f"--wait={run.mode.collective_timeout_s + RANK_EXIT_GRACE_S}"
 
 
 def check_capacity(run: RunConfig, request: SlurmRequest, partition: PartitionConfig) -> None:
@@ -116,7 +141,7 @@ def check_capacity(run: RunConfig, request: SlurmRequest, partition: PartitionCo
         raise ConfigError(f"mode.nodes={request.nodes} exceeds the {partition.max_nodes} node(s) of {where}")
     if request.mem_gb > partition.memory_gb:
         raise ConfigError(f"{request.mem_gb} GB per node exceeds the {partition.memory_gb} GB of {where}")
-    if request.time_min > partition.time_limit_min:
+    if request.timeout_min > partition.time_limit_min:
         raise ConfigError(
-            f"hardware.time_limit_min={request.time_min} exceeds the {partition.time_limit_min} min limit of {where}"
+            f"hardware.time_limit_min={request.timeout_min} exceeds the {partition.time_limit_min} min limit of {where}"
         )

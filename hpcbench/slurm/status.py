@@ -39,6 +39,15 @@ def slurm_states(job_ids: List[str]) -> Dict[str, str]:
     return states
 
 
+def pending_reasons(job_ids: List[str]) -> Dict[str, str]:
+    """Why Slurm keeps jobs waiting (squeue's reason: Resources, Priority, ReqNodeNotAvail, ...)."""
+    reasons = {}
+    for line in _query(["squeue", "-h", "-t", "PENDING", "-j", ",".join(job_ids), "-o", "%i|%r"]).splitlines():
+        job_id, _, reason = line.partition("|")
+        reasons[job_id] = reason
+    return reasons
+
+
 def _run_progress(run_dir: str) -> str:
     try:
         summary = read_summary(Path(run_dir))
@@ -52,11 +61,13 @@ def _run_progress(run_dir: str) -> str:
 def show(sweep_dir: Path) -> bool:
     """Print the table; True when no job failed. Records the states in the manifest."""
     manifest = Manifest.read(sweep_dir)
-    states = slurm_states([job.slurm_job_id for job in manifest.jobs])
+    ids = [job.slurm_job_id for job in manifest.jobs]
+    states, reasons = slurm_states(ids), pending_reasons(ids)
     rows = [("job", "slurm id", "state", "run", "overrides")]
     for job in manifest.jobs:
         job.state = states.get(job.slurm_job_id, job.state)
-        rows.append((f"#{job.num}", job.slurm_job_id, job.state, _run_progress(job.run_dir), " ".join(job.overrides)))
+        state = f"{job.state} ({reasons[job.slurm_job_id]})" if job.slurm_job_id in reasons else job.state
+        rows.append((f"#{job.num}", job.slurm_job_id, state, _run_progress(job.run_dir), " ".join(job.overrides)))
     manifest.write()
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:

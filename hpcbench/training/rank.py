@@ -2,6 +2,7 @@
 it says when it stops with an error (rank 0 speaks for all; the others stay quiet)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -35,7 +36,8 @@ def train_rank(cfg: RunConfig, out_dir: Path,
     if configure_logging is not None:
         configure_logging(topology.is_main)
     select_device(cfg.mode.device, topology, cfg.mode.name)  # NCCL wants the GPU chosen before the group starts
-    init_process_group(topology, resolve_backend(cfg.mode.backend, cfg.mode.device), cfg.mode.collective_timeout_s)
+    store = init_process_group(topology, resolve_backend(cfg.mode.backend, cfg.mode.device), cfg.mode.collective_timeout_s)
+    topology = replace(topology, store_address=store)
     if topology.is_main:  # an earlier attempt's failure records would be read as this one's
         clear_failures(out_dir)
     dist.barrier()

@@ -75,7 +75,8 @@ class RunRecord:
         )
         if self.run_dir is not None:
             self.run_dir.write_config(cfg)
-            self.run_dir.write_json("env.json", {**collect_environment(), "rank_hosts": list(topology.hosts)})
+            self.run_dir.write_json("env.json", {**collect_environment(), "rank_hosts": list(topology.hosts),
+                                                 "store_address": topology.store_address})
             self.write()
 
     def write(self) -> None:

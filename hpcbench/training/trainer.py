@@ -22,7 +22,7 @@ from hpcbench.config import RunConfig, per_device_batch
 from hpcbench.data.pipeline import build_pipeline
 from hpcbench.data.sampling import MIN_TRAIN_BATCH, DataPipeline
 from hpcbench.errors import ConfigError, HpcbenchError
-from hpcbench.models import build_model, check_input_size, check_pretrained_available, unwrap
+from hpcbench.models import build_configured_model, check_input_size, check_pretrained_available, unwrap
 from hpcbench.mpi.failures import failure_line, one_line
 from hpcbench.mpi.process_group import all_reduce_sum
 from hpcbench.mpi.topology import SERIAL, Topology, threads_per_rank
@@ -189,7 +189,7 @@ def check_every_rank_trains(pipeline: DataPipeline, cfg: RunConfig, topology: To
 
 def build_training_model(cfg: RunConfig, num_classes: int, device: torch.device, topology: Topology,
                          options: StepOptions, timer: StepTimer) -> nn.Module:
-    model = build_model(cfg.model.name, num_classes, cfg.model.pretrained, cfg.data.image_size)
+    model = build_configured_model(cfg.model, num_classes, cfg.data.image_size)
     check_input_size(model, cfg.model.name, cfg.data.image_size)
     model = options.prepare_model(model.to(device))
     if topology.distributed:
@@ -237,7 +237,7 @@ def fit(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSummar
 def _train_epochs(cfg: RunConfig, record: RunRecord, pipeline: DataPipeline, device: torch.device,
                   topology: Topology, stop: StopFlag) -> None:
     options = StepOptions.resolve(cfg.train.precision, cfg.train.channels_last, cfg.train.compile, device)
-    record.step_options(options, cfg.data.pipeline)
+    record.step_options(options, pipeline.kind)
     timer = StepTimer(device)
     model = build_training_model(cfg, len(pipeline.classes), device, topology, options, timer)
     optimizer = build_optimizer(model.parameters(), cfg.train)
@@ -254,7 +254,7 @@ def _train_epochs(cfg: RunConfig, record: RunRecord, pipeline: DataPipeline, dev
     if topology.is_main:
         log.info(
             "training %s on %s (%s pipeline, %s%s, %s): %d ranks x batch %d, %d train / %d test images at %d px, "
-            "epochs %d-%d", cfg.model.name, device, cfg.data.pipeline, options.precision,
+            "epochs %d-%d", cfg.model.name, device, pipeline.kind, options.precision,
             ", channels_last" if options.channels_last else "", cfg.train.optimizer, topology.world_size,
             per_device_batch(cfg), pipeline.num_train, pipeline.num_test, cfg.data.image_size, first_epoch,
             cfg.train.epochs,

@@ -1,18 +1,22 @@
-"""Gradient correctness of DDP: run under `mpiexec -n 2`. One optimizer step of 2 ranks x batch b
-must leave the same parameters as one serial step with batch 2b on the same samples.
+"""Gradient correctness of DDP: run under `mpiexec -n N` or `srun -n N --mpi=pmi2` (N divides 8).
+One optimizer step of N ranks x 8/N images must leave the same parameters as one serial step on
+the 8 images; the ranks may sit on different hosts.
 
 The model runs in eval mode: in train mode BatchNorm normalises each rank's batch with its own
 statistics (DDP does not synchronise them) and Dropout draws different masks, both of which are
-expected to differ from the serial 2b batch. Gradients and the Adam step are what is compared.
+expected to differ from the serial batch. Gradients and the Adam step are what is compared.
 """
 import copy
 import sys
 
 import torch
+from mpi4py import MPI
 
 from hpcbench.models import build_model
 from hpcbench.mpi.process_group import init_process_group, shutdown
 from hpcbench.mpi.topology import mpi_topology
+
+IMAGES = 8
 
 
 def step(model, images, labels):
@@ -24,23 +28,24 @@ def step(model, images, labels):
 
 
 def main(result_path: str) -> None:
-    topology = mpi_topology(2)
+    topology = mpi_topology(MPI.COMM_WORLD.Get_size())
     init_process_group(topology, "gloo", 60)
     torch.manual_seed(0)
     model = build_model("mobilenet_v2", num_classes=10)
-    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    images, labels = torch.randn(IMAGES, 3, 32, 32), torch.randint(0, 10, (IMAGES,))
     serial = copy.deepcopy(model)
     step(serial, images, labels)
 
     ddp = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(model))
-    half = slice(4 * topology.rank, 4 * topology.rank + 4)
-    step(ddp, images[half], labels[half])
+    per_rank = IMAGES // topology.world_size
+    mine = slice(per_rank * topology.rank, per_rank * (topology.rank + 1))
+    step(ddp, images[mine], labels[mine])
 
     worst = max((a - b).abs().max().item() for a, b in zip(serial.parameters(), ddp.module.parameters(), strict=True))
     moved = max((a - b).abs().max().item() for a, b in zip(model.parameters(), ddp.module.parameters(), strict=True))
     if topology.is_main:
         with open(result_path, "w") as handle:
-            handle.write(f"{worst} {moved}\n")
+            handle.write(f"{worst} {moved} {topology.nodes} {topology.world_size}\n")
     shutdown()
 
 

@@ -1,0 +1,210 @@
+"""Multi-node, proven on the test cluster: test hosts node1, node2 as network namespaces on this
+machine, one slurmd each (tests/cluster/cluster.sh start --hosts 2; .ci/run starts it)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO, TINY, cli_env, job_count, manifest, read_json, run_cli, run_dirs, sacct
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+
+LAYOUTS = ["--config-dir", str(REPO / "tests" / "cluster" / "conf")]  # +layout=one_node|two_nodes
+SLURM = [*LAYOUTS, "-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=1", "hardware=ci_cluster", *TINY,
+         "train.epochs=1", "mode.device=cpu"]  # flags before the overrides: argparse wants them there
+CLUSTER = REPO / "tests" / "cluster" / "cluster.sh"
+DDP_4_ON_2 = ["mode=ddp", "mode.ranks=4", "mode.nodes=2", "mode.device=cpu", *TINY, "train.epochs=1"]
+
+
+def _node_address(host: str) -> str:
+    return f"10.250.0.{host.removeprefix('node')}"
+
+
+def _check_two_node_run(run_dir: Path) -> None:
+    summary = read_json(run_dir / "summary.json")
+    assert (summary["status"], summary["world_size"], summary["nodes"], summary["ranks_per_node"]) == (
+        "completed", 4, 2, 2), summary
+    env = read_json(run_dir / "env.json")
+    hosts = env["rank_hosts"]
+    assert sorted(set(hosts)) == ["node1", "node2"] and hosts.count(hosts[0]) == 2
+    # Rank 0's store listens on its host's bridge address, where the other host's ranks reach it.
+    assert env["store_address"].split(":")[0] == _node_address(hosts[0])
+
+
+def test_one_sweep_runs_ddp_on_one_node_and_on_two(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli([*SLURM, "+layout=one_node,two_nodes", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    jobs = {job["num"]: job for job in manifest(sweep)["jobs"]}
+    assert (jobs[0]["request"]["nodes"], jobs[1]["request"]["nodes"]) == (1, 2)
+    one, two = jobs[0]["slurm_job_id"], jobs[1]["slurm_job_id"]
+    # Slurm's own accounting: the 2-node job's step spans both hosts with 4 tasks.
+    steps = subprocess.run(["sacct", "-n", "-P", "-j", two, "--format=JobID,NodeList,NTasks"], capture_output=True,
+                           text=True, timeout=30).stdout.splitlines()
+    assert any(line.split("|")[1:] == ["node[1-2]", "4"] for line in steps), steps
+    assert sacct(one, "NNodes") == "1" and sacct(two, "NNodes") == "2"
+    assert read_json(sweep / "0" / "summary.json")["nodes"] == 1
+    _check_two_node_run(sweep / "1")
+
+
+def test_one_ddp_step_across_two_hosts_equals_the_serial_step(tmp_path):
+    result_file = tmp_path / "result.txt"
+    program = REPO / "tests" / "mpi_programs" / "one_step.py"
+    result = subprocess.run(["srun", "-N2", "-n4", "--ntasks-per-node=2", "--mpi=pmi2", sys.executable, str(program),
+                             str(result_file)], capture_output=True, text=True, timeout=300, env=cli_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    worst, moved, nodes, world = map(float, result_file.read_text().split())
+    assert (nodes, world) == (2, 4)
+    assert moved > 1e-4 and worst < 1e-5
+
+
+def test_inside_an_allocation_the_ranks_are_started_with_srun(tmp_path):
+    # What a user types at the login node: salloc, then the plain command.
+    result = subprocess.run(["salloc", "-N2", "-n4", "--ntasks-per-node=2", sys.executable, "-m", "hpcbench.train",
+                             *DDP_4_ON_2], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "srun --mpi=pmi2 --wait=150 --ntasks 4 --nodes 2 --ntasks-per-node 2" in result.stderr
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    _check_two_node_run(run_dir)
+
+    # The same line in a user's own batch script.
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/sh\n#SBATCH -N 2\n#SBATCH -n 4\n#SBATCH --ntasks-per-node=2\n"
+                      f"exec {sys.executable} -m hpcbench.train {' '.join(DDP_4_ON_2)} hydra.run.dir={tmp_path / 'batch'}\n")
+    job_id = subprocess.run(["sbatch", "--parsable", "-o", str(tmp_path / "job.out"), str(script)], cwd=tmp_path,
+                            env=cli_env(tmp_path), capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    deadline = time.monotonic() + 300
+    while sacct(job_id, "State") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        assert time.monotonic() < deadline, f"batch job {job_id} did not end"
+        time.sleep(1)
+    assert sacct(job_id, "State") == "COMPLETED", (tmp_path / "job.out").read_text()
+    _check_two_node_run(tmp_path / "batch")
+
+
+def test_mpiexec_across_the_hosts_without_slurm(tmp_path):
+    """MPICH's mpiexec starts its proxies through tests/cluster/netns_ssh, which stands in for ssh."""
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node1:2\nnode2:2\n")
+    env = cli_env(tmp_path, {"HYDRA_HOST_FILE": str(hostfile), "HYDRA_LAUNCHER": "ssh",
+                             "HYDRA_LAUNCHER_EXEC": str(REPO / "tests" / "cluster" / "netns_ssh")})
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    command = ["ip", "netns", "exec", "node1", "unshare", "--uts", "sh", "-c", 'hostname node1; exec "$@"', "_",
+               sys.executable, "-m", "hpcbench.train", *DDP_4_ON_2, "hardware=ci_cluster", "hardware.mpi_launcher=mpiexec"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    _check_two_node_run(run_dir)
+
+
+def _pids_of_host(host: str) -> list[int]:
+    output = subprocess.run(["ip", "netns", "pids", host], capture_output=True, text=True, timeout=30).stdout
+    return [int(pid) for pid in output.split()]
+
+
+def test_losing_a_host_fails_its_job_fast_names_what_went_missing_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    # The 2-node job takes every declared CPU of both hosts, so the serial job waits for it.
+    command = [sys.executable, "-m", "hpcbench.train", *SLURM, "+layout=two_nodes", "mode.cpus_per_rank=2",
+               "train.epochs=200", "hydra.launcher.max_num_timeout=0", f"hydra.sweep.dir={sweep}"]
+    serial = [sys.executable, "-m", "hpcbench.train", *SLURM, "mode=cpu", f"hydra.sweep.dir={tmp_path / 'other'}"]
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    job_id = None
+    try:
+        deadline = time.monotonic() + 300
+        metrics = sweep / "0" / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.read_text().strip()):
+            assert time.monotonic() < deadline and launcher.poll() is None, "the 2-node job never finished an epoch"
+            time.sleep(0.5)
+        other = subprocess.Popen(serial, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        job_id = manifest(sweep)["jobs"][0]["slurm_job_id"]
+        killed_at = time.monotonic()
+        for pid in _pids_of_host("node2"):  # every process of the host: its ranks, slurmstepd, slurmd
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        while sacct(job_id, "State") in ("RUNNING", "PENDING", ""):
+            assert time.monotonic() - killed_at < 60, "the job outlived its lost host by a minute"
+            time.sleep(0.5)
+        assert time.monotonic() - killed_at < 60
+        assert sacct(job_id, "State") == "NODE_FAIL"  # final: submitted with --no-requeue (max_num_timeout=0)
+        _, stderr = launcher.communicate(timeout=300)
+        assert launcher.returncode != 0
+        summary = read_json(sweep / "0" / "summary.json")
+        assert summary["status"] == "failed"
+        assert summary["error"].startswith("rank 2 on node2, rank 3 on node2 went missing"), summary["error"]
+        assert f"Slurm job {job_id} ended" in stderr and "went missing" in stderr
+        other.communicate(timeout=300)
+        assert other.returncode == 0 and read_json(tmp_path / "other" / "0" / "summary.json")["status"] == "completed"
+    finally:
+        launcher.kill()
+        if job_id:
+            subprocess.run(["scancel", job_id], timeout=30)
+        subprocess.run(["bash", str(CLUSTER), "slurmd", "2"], timeout=60)
+        subprocess.run(["scontrol", "update", "nodename=node2", "state=resume"], timeout=30)
+        _wait_until_idle()
+
+
+def _wait_until_idle(seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        states = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, timeout=30).stdout
+        if states.split() and set(states.split()) <= {"idle"}:
+            return
+        assert time.monotonic() < deadline, f"the cluster did not come back: {states}"
+        time.sleep(1)
+
+
+def test_a_drained_node_is_named_before_anything_is_submitted(tmp_path):
+    before = job_count()
+    subprocess.run(["scontrol", "update", "nodename=node2", "state=drain", "reason=maintenance"], check=True, timeout=30)
+    try:
+        result = run_cli([*SLURM, "+layout=two_nodes", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, timeout=120)
+    finally:
+        subprocess.run(["scontrol", "update", "nodename=node2", "state=resume"], check=True, timeout=30)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "needs 2 node(s) of partition debug, but only 1 can run jobs now: node2 is drain" in line, line
+    assert "(maintenance)" in line and job_count() == before
+
+
+def test_a_requeued_two_node_job_resumes_and_ends_with_the_uninterrupted_metrics(tmp_path):
+    """A DDP job is requeued as a whole: every rank, on both hosts, resumes from the same checkpoint."""
+    settings = [*SLURM, "+layout=two_nodes", "train.epochs=3", "data.limit_train=256"]
+    reference = tmp_path / "reference"
+    assert run_cli([*settings, f"hydra.sweep.dir={reference}"], tmp_path, timeout=600).returncode == 0
+
+    sweep = tmp_path / "sweep"
+    result = run_cli([*settings, "hydra.launcher.wait=false", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    job_id = manifest(sweep)["jobs"][0]["slurm_job_id"]
+    metrics = sweep / "0" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 1):
+        assert time.monotonic() < deadline, "the job never finished an epoch"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+    # Slurm holds a requeued job back (BeginTime) for a while; let it start at once.
+    while "JobState=PENDING" not in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True,
+                                                   text=True, timeout=30).stdout:
+        assert time.monotonic() < deadline, "the requeued job never went back to PENDING"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+    while sacct(job_id, "State") != "COMPLETED" or read_json(sweep / "0" / "summary.json")["status"] != "completed":
+        assert time.monotonic() < deadline + 300, f"requeued job {job_id} did not complete: {sacct(job_id, 'State')}"
+        time.sleep(1)
+    summary = read_json(sweep / "0" / "summary.json")
+    assert summary["restarts"] >= 1 and summary["nodes"] == 2
+    assert "resuming after epoch" in (sweep / "0" / "train.log").read_text()
+    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    resumed = [[m[k] for k in keys] for m in map(json.loads, metrics.read_text().splitlines())]
+    expected = [[m[k] for k in keys] for m in map(json.loads, (reference / "0" / "metrics.jsonl").read_text().splitlines())]
+    assert resumed == expected
