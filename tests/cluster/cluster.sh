@@ -221,6 +221,9 @@ stop() {
     pkill -9 -x slurmdbd 2>/dev/null || true
     mysqladmin shutdown >/dev/null 2>&1 || true
     pkill -x munged 2>/dev/null || true
+    # munged writes its seed on the way out: a start while it still runs would keep it, socketless.
+    for _ in $(seq 20); do pgrep -x munged >/dev/null || break; sleep 0.25; done
+    pkill -9 -x munged 2>/dev/null || true
     for i in $(seq "$(hosts)"); do
         ip netns del "node$i" 2>/dev/null || true
         ip link del "vb$i" 2>/dev/null || true
