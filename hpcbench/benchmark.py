@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
 from dataclasses import dataclass, replace
 from datetime import date
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torchvision
@@ -155,6 +156,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def paired_ratio_interval(a: List[float], b: List[float]) -> Tuple[float, float]:
+    """95% interval of a / b from each repeat's pair (Student t on the log ratios): a repeat measures
+    both back to back, so the machine's drift between repeats cancels out of the ratio."""
+    from scipy import stats  # lazily: the GPU check's machine needs it only for this
+
+    logs = [math.log(x / y) for x, y in zip(a, b, strict=True)]
+    if len(logs) < 2:
+        return math.nan, math.nan
+    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(statistics.mean(logs) - half), math.exp(statistics.mean(logs) + half)
+
+
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = _parser().parse_args(argv)
     if args.device == "auto":
@@ -191,6 +204,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             if other in medians:
                 ratio = medians["hpcbench"] / medians[other]
                 result[key] = ratio if other == "original" else 1 - ratio
+        if "untimed" in rates:
+            low, high = paired_ratio_interval(rates["hpcbench"], rates["untimed"])
+            result["instrumentation_cost_interval"] = [1 - high, 1 - low]
     say(f"\n{args.model} at {args.image_size} px, batch {args.batch} per rank x {topology.world_size} rank(s), "
         f"on {result['hardware']}; torch {torch.__version__}{', compiled' if args.compile else ''}")
     say("| recipe | median img/s | runs |\n|---|---|---|")
@@ -201,7 +217,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if "pipeline_overhead" in result:
         say(f"data pipeline overhead (1 - hpcbench / resident): {result['pipeline_overhead'] * 100:.1f}%")
     if "instrumentation_cost" in result:
-        say(f"instrumentation cost (1 - timed / untimed): {result['instrumentation_cost'] * 100:+.1f}%")
+        low, high = result["instrumentation_cost_interval"]
+        say(f"instrumentation cost (1 - timed / untimed): {result['instrumentation_cost'] * 100:+.1f}% "
+            f"(95% interval from the repeats' pairs: {low * 100:+.1f}% to {high * 100:+.1f}%)")
     if args.json and topology.is_main:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)

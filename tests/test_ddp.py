@@ -46,7 +46,10 @@ def test_two_rank_run_writes_a_complete_run_directory(tmp_path):
     assert summary["global_batch"] == 64 and summary["batch_per_device"] == 32
     assert [m["epoch"] for m in read_metrics(run_dir)] == [1, 2]
     assert (run_dir / "checkpoints" / "best.pt").is_file()
-    assert read_json(run_dir / "env.json")["mpi"].startswith("MPICH")
+    env = read_json(run_dir / "env.json")
+    assert env["mpi"].startswith("MPICH")
+    # Two ranks share this machine's cores: each runs its share, and env.json says so.
+    assert env["torch_threads"] == summary["cores_per_rank"] == max(1, len(os.sched_getaffinity(0)) // 2)
     log = (run_dir / "train.log").read_text()
     assert log.count("epoch 2/2") == 1  # rank 1 stays quiet
 

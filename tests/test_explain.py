@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import TINY, read_json, read_metrics, run_cli, table_rows
 
-from hpcbench.report.limits import NetworkLimit
+from hpcbench.report.diagnosis import study_sentence
+from hpcbench.report.limits import NetworkLimit, network_limits
 from hpcbench.training.probe import message_sizes
 from hpcbench.training.timing import PhaseTimes, StepTimer, _union_length
 
@@ -64,6 +66,30 @@ def test_network_bound_limits_follow_the_ring_formula(scaling):
     assert limit.speedup(n, overlap=False) == pytest.approx(no_overlap)
     assert limit.speedup(n, overlap=True) == pytest.approx(overlap)
     assert limit.speedup(np.array([1.0]), overlap=False)[0] == pytest.approx(1.0)  # nothing to communicate
+
+
+def _configuration(devices: int, nodes: int, efficiency: float, data: float, compute: float, comm: float,
+                   optimizer: float, busbw: float = float("nan")) -> dict:
+    return {"study": "s", "device": "cpu", "scaling": "weak", "devices": devices, "nodes": nodes,
+            "ranks_per_node": devices // nodes, "batch_per_device": 32, "efficiency": efficiency,
+            "scaling_speedup": efficiency * devices, "data_step_s": data, "compute_step_s": compute,
+            "comm_exposed_step_s": comm, "optimizer_step_s": optimizer, "busbw_gbps": busbw, "grad_bytes": 9e6}
+
+
+def test_the_sentence_names_the_largest_loss_against_one_device():
+    serial = _configuration(1, 1, 1.0, 0.005, 0.200, 0.0, 0.010)
+    slow_link = pd.DataFrame([serial, _configuration(2, 2, 0.33, 0.005, 0.210, 0.400, 0.010, busbw=0.0125)])
+    limits = network_limits(slow_link)
+    sentence = study_sentence(slow_link, limits, "S1")
+    assert sentence.startswith("S1: at 2 cpu ranks on 2 nodes, weak scaling efficiency is 33%; exposed all-reduce is "
+                               "64% of each step (400 of 625 ms); the measured link (busbw 0.01 GB/s) bounds")
+    shared_cores = pd.DataFrame([serial, _configuration(2, 1, 0.55, 0.005, 0.370, 0.020, 0.010)])
+    sentence = study_sentence(shared_cores, [], "S1")
+    assert "compute per step takes 1.85x what one cpu device needs for a batch of 32 (42% of each step, 2 ranks per " \
+           "node); then exposed all-reduce is 5% of each step" in sentence
+    assert study_sentence(pd.DataFrame([serial, _configuration(2, 1, 0.97, 0.005, 0.2, 0.001, 0.010)]), [], "S1") \
+        .endswith("efficiency is 97%: no loss worth explaining.")
+    assert "outside it" in study_sentence(pd.DataFrame([serial, _configuration(2, 1, 0.8, 0.005, 0.2, 0.0, 0.010)]), [], "S1")
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +170,6 @@ def test_the_report_says_where_the_time_goes_and_what_the_network_allows(sweep, 
     ddp = table[table["world_size"] == 2].iloc[0]
     assert not math.isnan(ddp["comm_exposed_step_s"]) and ddp["busbw_gbps"] > 0
     assert "network-bound limit" in (out / "report.md").read_text() and (out / "time_breakdown.png").is_file()
+    # The known answer on this machine: two ranks share its two cores, so the loss is compute, not communication.
+    [sentence] = [line for line in report.splitlines() if line.startswith("- S1: at 2 cpu ranks on 1 node")]
+    assert sentence.split("; ")[1].startswith("compute per step takes") and "2 ranks per node" in sentence

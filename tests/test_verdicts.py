@@ -159,3 +159,11 @@ def test_the_committed_quickstart_passes_against_itself_and_fails_when_made_slow
     result = _compare(quickstart, slower)
     assert result.returncode == 1 and "Regression: yes" in result.stdout, result.stdout
     assert "slower" in result.stdout and "faster" not in result.stdout
+
+
+def test_repeats_that_all_agree_are_tested_on_their_pooled_counts():
+    """Identical accuracies on both sides leave Welch's t undefined (p = nan); the test set still samples them."""
+    same = stats.accuracy_difference([0.1016, 0.1016], [256, 256], [0.1016, 0.1016], [256, 256])
+    assert (same.test, same.p) == ("two-proportion", pytest.approx(1.0)) and same.low < 0 < same.high
+    spread = stats.accuracy_difference([0.60, 0.62], [256, 256], [0.70, 0.71], [256, 256])
+    assert spread.test == "welch"

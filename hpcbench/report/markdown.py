@@ -7,7 +7,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from hpcbench.report import limits, scaling, stats, verdicts, why
+from hpcbench.report import diagnosis, limits, scaling, stats, verdicts, why
 from hpcbench.report.collect import Collection, Problem
 from hpcbench.report.format import execution_mode, hardware, md_table, number, study_names, training_type, with_interval
 from hpcbench.report.limits import NetworkLimit
@@ -157,7 +157,7 @@ def _figures(figures: Dict[str, str]) -> List[str]:
 
 def _definitions() -> List[str]:
     lines = ["## Definitions", ""]
-    for module in (scaling, verdicts, stats, why, limits):
+    for module in (scaling, verdicts, stats, why, limits, diagnosis):
         lines += [line.strip() for line in (module.__doc__ or "").strip().splitlines()] + [""]
     return lines
 
@@ -169,6 +169,7 @@ def render(collection: Collection, table: pd.DataFrame, fits: List[ScalingFit], 
     lines = _header(collection, title, inputs)
     if not table.empty:
         lines += _studies(table, names) + _summary_table(table, names) + _scaling_tables(table, names)
+        lines += diagnosis.sentences(table, network, names)
         lines += why.time_table(table, names) + why.ceilings_table(table, names)
         lines += why.limits_table(table, network, names) + why.node_table(collection)
         lines += _predictions(fits, names) + _parity(table, names, tolerance) + _time_to_accuracy(table, names, target)

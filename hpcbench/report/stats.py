@@ -6,8 +6,8 @@
   after the warm-up, pooled over the steady epochs; steps treated as independent draws, which a
   slowly drifting machine violates: then the interval is too narrow), carried over to images/s.
 - One run's accuracy: the Wilson interval of the proportion of test images classified right.
-- Accuracy difference: with n >= 2 runs on both sides, Welch's t-test over the runs; otherwise a
-  two-proportion score test on the test-set counts (a side's runs pooled), with Newcombe's
+- Accuracy difference: with n >= 2 runs on both sides (not all alike), Welch's t-test over the
+  runs; otherwise a two-proportion score test on the test-set counts (a side's runs pooled), with Newcombe's
   interval. Throughput and time differences: Welch's t-test over runs (n >= 2 on both sides), or
   over the two runs' step times (single runs).
 - Many comparisons in one report: p-values adjusted by Holm's method (family-wise error 5%).
@@ -108,8 +108,10 @@ def two_proportions(correct_new: int, total_new: int, correct_old: int, total_ol
 
 def accuracy_difference(new: Sequence[float], new_totals: Sequence[int], old: Sequence[float],
                         old_totals: Sequence[int]) -> Optional[Difference]:
-    """Welch over runs when both sides have two or more, else the two-proportion test."""
-    if len(new) >= 2 and len(old) >= 2:
+    """Welch over runs when both sides have two or more and some spread, else the two-proportion
+    test on the pooled counts (runs that all agree leave Welch's t undefined, while the test set
+    still samples the accuracy)."""
+    if len(new) >= 2 and len(old) >= 2 and (np.std(new) > 0 or np.std(old) > 0):
         return welch(new, old)
     if not all(new_totals) or not all(old_totals):
         return None  # counts unknown (imported runs)

@@ -205,11 +205,11 @@ def fit(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSummar
         if topology.is_main:
             log.info("%s already holds a completed run (%d epochs): not training it again", out_dir, done.epochs)
         return done
+    if cfg.mode.device == "cpu":  # before the record, so that env.json's torch_threads are the run's
+        torch.set_num_threads(threads_per_rank(topology, cfg.mode.cpus_per_rank))
     record = RunRecord(cfg, out_dir, topology)
     try:
         device = select_device(cfg.mode.device, topology, cfg.mode.name)
-        if device.type == "cpu":
-            torch.set_num_threads(threads_per_rank(topology, cfg.mode.cpus_per_rank))
         if cfg.model.pretrained:
             check_pretrained_available(cfg.model.name)  # fail before any data is read
         seed_everything(cfg.train.seed)
