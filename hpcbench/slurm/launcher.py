@@ -132,8 +132,8 @@ class SlurmSweep:
         if self.options.dry_run:
             print_dry_run(groups, self.folder, self.options)
             return [_job_return(job, JobStatus.COMPLETED, None) for job in planned]
-        for job in planned:  # nodes that are down or drained now: said before anything is submitted
-            check_nodes_available(f"job {job.label}", job.request.partition, job.request.nodes)
+        for request, jobs in groups.items():  # nodes down or drained now: said before anything is submitted
+            check_nodes_available(f"job {jobs[0].label}", request.partition, request.nodes)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         submitted = self._submit(groups)
         manifest = Manifest(str(self.sweep_dir), datetime.now().isoformat(timespec="seconds"),
