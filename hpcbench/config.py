@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from hpcbench.errors import ConfigError
+from hpcbench.model_names import architecture_names
 
 # Hydra and OmegaConf are imported where they are used: the dataclasses alone (the benchmark,
 # a bare GPU machine) need neither.
@@ -49,12 +50,6 @@ def positive(default: Any) -> Any:
 def non_negative(default: Any) -> Any:
     """A number that must be >= 0 when set."""
     return field(default=default, metadata={"check": "non_negative"})
-
-
-def _model_names() -> Iterable[str]:
-    from hpcbench.models import architecture_names  # lazy: composing a config must not import torch
-
-    return architecture_names()
 
 
 @dataclass
@@ -122,7 +117,7 @@ class ModelConfig:
     """A torchvision architecture by `name`, or the user's own: `_target_` names a function called
     as `_target_(num_classes=..., **args)` (Hydra's instantiate) that returns an nn.Module."""
 
-    name: str = one_of("mobilenet_v2", _model_names, unless="_target_")  # with _target_: a label for reports
+    name: str = one_of("mobilenet_v2", architecture_names, unless="_target_")  # with _target_: a label for reports
     pretrained: bool = False  # ImageNet weights from TORCH_HOME's cache (never downloaded); torchvision only
     _target_: Optional[str] = None  # e.g. mypkg.nets.build
     args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of _target_
@@ -149,6 +144,9 @@ class DataConfig:
     pipeline: str = one_of("auto", PIPELINES)
     synthetic_train_size: int = positive(50000)  # synthetic: images per split (CIFAR-10's sizes)
     synthetic_test_size: int = positive(10000)
+    # synthetic: the data set's own seed, apart from train.seed, so that repeats (a train.seed sweep)
+    # vary the training (initial weights, shuffling, augmentation), never the data they are judged on
+    synthetic_seed: int = 0
 
 
 @dataclass

@@ -10,7 +10,6 @@ cache: a run never depends on the network.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Tuple
 
@@ -21,15 +20,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hpcbench.config import ModelConfig
 from hpcbench.errors import ConfigError, WeightsError
+from hpcbench.model_names import architecture_names
 from hpcbench.user_code import call_target
 
 IMAGENET_CLASSES = 1000
-
-
-@lru_cache(maxsize=1)
-def architecture_names() -> Tuple[str, ...]:
-    """Every torchvision classification architecture (not detection, segmentation or video)."""
-    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
 
 
 def _weights(name: str):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -27,6 +28,10 @@ def cpu_count() -> int:
 
 
 def cuda_device_count() -> int:
+    # Without a GPU driver (neither NVIDIA's nor ROCm's) torch could see no device: say so without
+    # importing torch, a second of every config check on a CPU machine.
+    if not (Path("/proc/driver/nvidia").exists() or Path("/dev/kfd").exists()):
+        return 0
     import torch  # lazy: composing a config must not pay for torch unless a profile asks
 
     return torch.cuda.device_count()

@@ -32,18 +32,21 @@ register_schemas()
 
 def run_job(run: RunConfig, out_dir: Path) -> Optional[float]:
     """Run one job of a run or sweep in `out_dir`; returns its best test accuracy."""
-    # Heavy imports here, not at module level: composing configs (and --help) stays fast.
-    from hpcbench.mpi.launch import launch_ranks
-    from hpcbench.rundir import read_summary
-    from hpcbench.training.rank import train_rank
-    from hpcbench.training.record import check_run_directory
-    from hpcbench.training.trainer import fit
-
+    # Imports here, each where it is needed: composing configs (and --help) stays fast, and the
+    # process that only starts the DDP ranks never imports torch (seconds before every rank starts).
     if run.mode.name != "ddp":
+        from hpcbench.training.trainer import fit
+
         return fit(run, out_dir).best_test_acc
     if launched_by_mpi() or slurm_step_tasks() > 1:
+        from hpcbench.training.rank import train_rank
+
         summary = train_rank(run, out_dir)
         return summary.best_test_acc if summary else None
+    from hpcbench.mpi.launch import launch_ranks
+    from hpcbench.rundir import read_summary
+    from hpcbench.training.continuation import check_run_directory
+
     done = check_run_directory(run, out_dir)  # before the launch writes anything there
     if done is not None:
         return done.best_test_acc
@@ -77,7 +80,7 @@ def _agree_on_run_directory() -> None:
 
 
 def list_models() -> None:
-    from hpcbench.models import architecture_names
+    from hpcbench.model_names import architecture_names
 
     names = architecture_names()
     print(f"model.name takes any of these {len(names)} torchvision classifiers (or use model._target_ for your own):")

@@ -1,8 +1,12 @@
 """Models and the pretrained-weights path (weights written by the test; nothing downloaded)."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +46,27 @@ def test_the_listing_holds_the_study_s_next_models_and_no_detection_models():
                             timeout=120)
     assert listed.returncode == 0 and f"these {len(names)} torchvision classifiers" in listed.stdout
     assert [line.strip() for line in listed.stdout.splitlines()[1:]] == list(names)
+
+
+def test_the_names_are_cached_per_torchvision_version_and_a_config_check_then_imports_no_torch(tmp_path):
+    """A warm cache spares every config check the seconds of importing torchvision; a corrupt one is rewritten."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    cache = tmp_path / "hpcbench" / f"torchvision-{version('torchvision')}-classifiers.json"
+    check = ("import sys; from helpers import compose_run; compose_run(['model.name=resnet50']); "
+             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    for contents in (None, "[not json"):  # no cache, then a corrupt one: both computed and written
+        if contents is not None:
+            cache.write_text(contents)
+        cold = subprocess.run([sys.executable, "-c", check], cwd=Path(__file__).parent, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert cold.returncode == 0, cold.stderr
+        assert json.loads(cache.read_text()) == list(architecture_names())
+    warm = subprocess.run([sys.executable, "-c", check], cwd=Path(__file__).parent, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert warm.returncode == 0 and warm.stdout.strip() == "[]", warm.stdout + warm.stderr
+    typo = subprocess.run([sys.executable, "-m", "hpcbench.train", "model.name=resnet_50"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert typo.returncode == 2 and "model.name='resnet_50' is not one of" in typo.stderr.strip().splitlines()[-1]
 
 
 def test_input_size_constraints_are_named_at_start():

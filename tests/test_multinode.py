@@ -102,6 +102,33 @@ def test_mpiexec_across_the_hosts_without_slurm(tmp_path):
     _check_two_node_run(run_dir)
 
 
+def _job_story(sweep: Path, job_id: str) -> str:
+    """Slurm's view of a job and the tails of its logs: what a test that gave up on it shows."""
+    show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
+    fields = [f for f in show.split() if f.split("=")[0] in ("JobState", "Reason", "NodeList", "RunTime", "Restarts")]
+    logs = [f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            for log in sorted((sweep / ".submitit").rglob("*.err")) + sorted(sweep.glob("*/train.log"))]
+    return " ".join(fields) + f" sacct={sacct(job_id, 'State')}\n" + "\n".join(logs)
+
+
+def _wait_for_first_epoch(sweep: Path, seconds: float = 300, launcher: subprocess.Popen | None = None) -> str:
+    """Wait until the sweep's first job has finished an epoch; returns its Slurm job id. A job that
+    ends, or a launcher that exits, before that fails the test at once, with the job's story."""
+    metrics = sweep / "0" / "metrics.jsonl"
+    deadline = time.monotonic() + seconds
+    while not (metrics.is_file() and metrics.read_text().strip()):
+        job_id = manifest(sweep)["jobs"][0]["slurm_job_id"] if (sweep / "manifest.json").is_file() else None
+        state = sacct(job_id, "State") if job_id else ""
+        gone = state not in ("", "PENDING", "RUNNING", "REQUEUED") or (launcher and launcher.poll() is not None)
+        if gone or time.monotonic() > deadline:
+            story = _job_story(sweep, job_id) if job_id else "not submitted"
+            if job_id:
+                subprocess.run(["scancel", job_id], timeout=30)  # so that it holds up no other test
+            pytest.fail(f"job {job_id} never finished an epoch: {story}")
+        time.sleep(0.5)
+    return manifest(sweep)["jobs"][0]["slurm_job_id"]
+
+
 def _pids_of_host(host: str) -> list[int]:
     output = subprocess.run(["ip", "netns", "pids", host], capture_output=True, text=True, timeout=30).stdout
     return [int(pid) for pid in output.split()]
@@ -117,14 +144,9 @@ def test_losing_a_host_fails_its_job_fast_names_what_went_missing_and_the_sweep_
                                 stderr=subprocess.PIPE, text=True)
     job_id = None
     try:
-        deadline = time.monotonic() + 300
-        metrics = sweep / "0" / "metrics.jsonl"
-        while not (metrics.is_file() and metrics.read_text().strip()):
-            assert time.monotonic() < deadline and launcher.poll() is None, "the 2-node job never finished an epoch"
-            time.sleep(0.5)
+        job_id = _wait_for_first_epoch(sweep, launcher=launcher)
         other = subprocess.Popen(serial, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-        job_id = manifest(sweep)["jobs"][0]["slurm_job_id"]
         killed_at = time.monotonic()
         for pid in _pids_of_host("node2"):  # every process of the host: its ranks, slurmstepd, slurmd
             try:
@@ -185,21 +207,18 @@ def test_a_requeued_two_node_job_resumes_and_ends_with_the_uninterrupted_metrics
     sweep = tmp_path / "sweep"
     result = run_cli([*settings, "hydra.launcher.wait=false", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
-    job_id = manifest(sweep)["jobs"][0]["slurm_job_id"]
+    job_id = _wait_for_first_epoch(sweep)
     metrics = sweep / "0" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 1):
-        assert time.monotonic() < deadline, "the job never finished an epoch"
-        time.sleep(0.5)
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
     # Slurm holds a requeued job back (BeginTime) for a while; let it start at once.
+    deadline = time.monotonic() + 300
     while "JobState=PENDING" not in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True,
                                                    text=True, timeout=30).stdout:
-        assert time.monotonic() < deadline, "the requeued job never went back to PENDING"
+        assert time.monotonic() < deadline, f"the requeued job never went back to PENDING: {_job_story(sweep, job_id)}"
         time.sleep(0.5)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
     while sacct(job_id, "State") != "COMPLETED" or read_json(sweep / "0" / "summary.json")["status"] != "completed":
-        assert time.monotonic() < deadline + 300, f"requeued job {job_id} did not complete: {sacct(job_id, 'State')}"
+        assert time.monotonic() < deadline, f"requeued job {job_id} did not complete: {_job_story(sweep, job_id)}"
         time.sleep(1)
     summary = read_json(sweep / "0" / "summary.json")
     assert summary["restarts"] >= 1 and summary["nodes"] == 2

@@ -52,7 +52,7 @@ def resident_fits(run: RunConfig, train: ImageSource, test: ImageSource, device:
 
 
 def build_pipeline(run: RunConfig, rank: int, world_size: int, device: torch.device) -> DataPipeline:
-    train, test = open_sources(run.data, run.train.seed)
+    train, test = open_sources(run.data)
     kind = run.data.pipeline
     if kind == "auto":
         fits, why = resident_fits(run, train, test, device)

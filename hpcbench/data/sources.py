@@ -215,20 +215,20 @@ class Cifar10Source:
         return None  # already one array in memory
 
 
-def open_sources(data: DataConfig, seed: int) -> Tuple[ImageSource, ImageSource]:
+def open_sources(data: DataConfig) -> Tuple[ImageSource, ImageSource]:
     """(train, test) of the data set `data` names, or of the user's own (`data._target_`)."""
     if data._target_:
         from hpcbench.data.custom import open_custom_sources
 
         return open_custom_sources(data)
-    return open_source(data, "train", seed), open_source(data, "test", seed)
+    return open_source(data, "train"), open_source(data, "test")
 
 
-def open_source(data: DataConfig, split: str, seed: int) -> ImageSource:
+def open_source(data: DataConfig, split: str) -> ImageSource:
     """The `split` ("train" or "test") of the built-in data set `data` names."""
     if data.name == "synthetic":
         size = data.synthetic_train_size if split == "train" else data.synthetic_test_size
-        return SyntheticSource(seed=seed, split=split, size=size)
+        return SyntheticSource(seed=data.synthetic_seed, split=split, size=size)
     if data.root is None:
         raise DataError(f"data={data.name} needs data.root")
     if data.name == "image_folder":

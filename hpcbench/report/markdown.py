@@ -123,6 +123,9 @@ def _parity(table: pd.DataFrame, names: Dict[str, str], tolerance: float) -> Lis
     tested = table[table["acc_p"].notna()]
     if tested.empty:
         return lines + ["No configuration could be compared with a baseline.", ""]
+    if (tested["repeats"] == 1).any():
+        lines += ["A single run's test (two-proportion) sees the test set's sampling noise only, not how much another "
+                  "seed would change the model; repeats (a `train.seed` sweep) test the configuration itself.", ""]
     rows = [[names[r["study"]], execution_mode(r), str(r["batch_per_device"]), str(r["repeats"]), r["baseline"],
              _difference(r).split(", p=")[0], r["acc_test"], f"{r['acc_p']:.3g}", f"{r['acc_p_holm']:.3g}",
              "**flagged**" if r["acc_flag"] else "no"] for _, r in tested.iterrows()]

@@ -21,29 +21,16 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
 from torch import nn
 
 from hpcbench.config import RunConfig
-from hpcbench.errors import HpcbenchError
 from hpcbench.models import unwrap
 from hpcbench.mpi.topology import Topology
 from hpcbench.rundir import LAST, PREVIOUS, EpochMetrics
+from hpcbench.training.continuation import CheckpointError, check_compatible, config_dict
 
 log = logging.getLogger("hpcbench")
 
-# Config groups and keys that must match for a checkpoint to continue a run.
-TRAJECTORY_KEYS = ("model", "data", "batch_size", "train", "mode.ranks", "mode.device")
-NOT_TRAJECTORY = ("data.num_workers", "data.root", "data.download", "train.epochs", "train.resume",
-                  "train.save_checkpoints", "train.keep_checkpoints", "train.probe")
-
-
-class CheckpointError(HpcbenchError):
-    """A checkpoint is unreadable, unsafe, or from another configuration."""
-
-
-def config_dict(cfg: RunConfig) -> Dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
 
 
 def weights_state(model: nn.Module, epoch: int, test_acc: float, classes: List[str], cfg: RunConfig) -> Dict[str, Any]:
@@ -74,34 +61,6 @@ def safe_load(path: Path) -> Dict[str, Any]:
         raise CheckpointError(f"{path} does not hold a checkpoint dictionary")
     return state
 
-
-def _flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def trajectory(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The keys of a config that determine the training trajectory."""
-    flat = _flatten(config)
-    return {k: v for k, v in flat.items()
-            if k.startswith(TRAJECTORY_KEYS) and not k.startswith(NOT_TRAJECTORY)}
-
-
-def check_compatible(path: Path, saved_config: Dict[str, Any], cfg: RunConfig) -> None:
-    saved, current = trajectory(saved_config), trajectory(config_dict(cfg))
-    differences = [f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in sorted(set(saved) | set(current))
-                   if saved.get(k) != current.get(k)]
-    if differences:
-        raise CheckpointError(
-            f"{path} was written by a different configuration ({'; '.join(differences[:3])}); "
-            f"use a new run directory, or train.resume=false to start this one over"
-        )
 
 
 def find_resume_checkpoint(checkpoint_dir: Path, cfg: RunConfig) -> Optional[Dict[str, Any]]:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from hpcbench.config import RunConfig, global_batch, per_device_batch
@@ -27,14 +26,12 @@ from hpcbench.rundir import (
     LAST,
     PREVIOUS,
     PROBE,
-    RESOLVED_CONFIG,
     EpochMetrics,
     RunDirectory,
     RunSummary,
-    read_summary,
 )
 from hpcbench.training.breakdown import explain
-from hpcbench.training.checkpoint import CheckpointError, check_compatible, resumable_state, weights_state
+from hpcbench.training.checkpoint import resumable_state, weights_state
 from hpcbench.training.cost import EnergyReading, device_hours
 from hpcbench.training.probe import Probes
 from hpcbench.training.step import StepOptions
@@ -171,30 +168,3 @@ class RunRecord:
         if status == "completed" and self.run_dir is not None:
             self.run_dir.prune_checkpoints(self.cfg.train.keep_checkpoints)
         self.write()
-
-
-def check_run_directory(cfg: RunConfig, out_dir: Path) -> Optional[RunSummary]:
-    """Look at `out_dir` before anything is written there. Returns the summary of a run that
-    completed there before (it is not trained again); refuses a directory whose checkpoints or
-    completed run come from another configuration, and a completed run that cannot be extended
-    to more epochs because it kept only its best weights."""
-    if not cfg.train.resume:
-        return None
-    out_dir = Path(out_dir)
-    summary = read_summary(out_dir)
-    completed = summary.get("status") == "completed"
-    checkpoints = [out_dir / CHECKPOINTS / f"{name}.pt" for name in (LAST, PREVIOUS)]
-    if (completed or any(p.is_file() for p in checkpoints)) and (out_dir / RESOLVED_CONFIG).is_file():
-        earlier = OmegaConf.to_container(OmegaConf.load(out_dir / RESOLVED_CONFIG))
-        check_compatible(out_dir / RESOLVED_CONFIG, earlier, cfg)  # type: ignore[arg-type]
-    if not completed:
-        return None
-    if summary.get("epochs") == cfg.train.epochs:
-        return RunSummary(**summary)
-    if not checkpoints[0].is_file():
-        raise CheckpointError(
-            f"{out_dir} completed {summary.get('epochs')} epochs and kept only its best weights "
-            f"(train.keep_checkpoints={cfg.train.keep_checkpoints}), so it cannot be extended to "
-            f"train.epochs={cfg.train.epochs}; use a new run directory (keep_checkpoints=resumable keeps runs extendable)"
-        )
-    return None

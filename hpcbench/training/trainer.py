@@ -30,11 +30,12 @@ from hpcbench.progress import Progress
 from hpcbench.rundir import EpochMetrics, RunSummary
 from hpcbench.training.breakdown import phase_fields, rank_vector
 from hpcbench.training.checkpoint import agreed_resume_checkpoint, restore_training_state
+from hpcbench.training.continuation import check_run_directory
 from hpcbench.training.cost import EnergyMeter, energy_of_all_ranks
 from hpcbench.training.device import peak_memory_mb, select_device, synchronize
 from hpcbench.training.optim import LearningRateSchedule, build_optimizer
 from hpcbench.training.probe import probe_run
-from hpcbench.training.record import RunRecord, check_run_directory
+from hpcbench.training.record import RunRecord
 from hpcbench.training.signals import Interrupted, StopFlag, stop_on_signals
 from hpcbench.training.step import FP32, StepOptions, TrainStep
 from hpcbench.training.timing import PhaseTimes, StepTimer, gather_over_ranks, timed_allreduce_hook
