@@ -35,7 +35,7 @@ from hpcbench.config import BatchSizeConfig, DataConfig, ModeConfig, ModelConfig
 from hpcbench.data.pipeline import build_pipeline
 from hpcbench.environment import cpu_model
 from hpcbench.models import build_model
-from hpcbench.mpi.topology import SERIAL, Topology, launched_by_mpi, mpi_topology
+from hpcbench.mpi.topology import SERIAL, Topology, init_mpi, launched_by_mpi, mpi_topology
 from hpcbench.training.device import select_device
 from hpcbench.training.optim import LearningRateSchedule
 from hpcbench.training.signals import StopFlag
@@ -129,9 +129,7 @@ def _topology() -> Topology:
     """Under mpiexec, the ranks of a DDP benchmark (gloo on CPUs, NCCL on GPUs); else serial."""
     if not launched_by_mpi():
         return SERIAL
-    from mpi4py import MPI
-
-    return mpi_topology(MPI.COMM_WORLD.Get_size())
+    return mpi_topology(init_mpi().COMM_WORLD.Get_size())
 
 
 def hardware(device: torch.device) -> str:

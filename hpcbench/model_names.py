@@ -14,21 +14,24 @@ import os
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 from hpcbench.files import atomic_write_json
 
 
-def cache_file() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "hpcbench" / f"torchvision-{version('torchvision')}-classifiers.json"
+def cache_file() -> Optional[Path]:
+    """None where there is no home to keep it in (a job without HOME): then no cache."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    if not os.path.isabs(root):
+        return None
+    return Path(root) / "hpcbench" / f"torchvision-{version('torchvision')}-classifiers.json"
 
 
 @lru_cache(maxsize=1)
 def architecture_names() -> Tuple[str, ...]:
     path = cache_file()
     try:
-        names = json.loads(path.read_text())
+        names = json.loads(path.read_text()) if path else None
         if isinstance(names, list) and names and all(isinstance(name, str) for name in names):
             return tuple(names)
     except (OSError, ValueError):
@@ -37,7 +40,8 @@ def architecture_names() -> Tuple[str, ...]:
 
     names = sorted(torchvision.models.list_models(module=torchvision.models))
     try:
-        atomic_write_json(path, names)
+        if path:
+            atomic_write_json(path, names)
     except OSError:
         pass  # a read-only home: every check imports torchvision, correct but slower
     return tuple(names)

@@ -68,14 +68,12 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
 def _agree_on_run_directory() -> None:
     """Under `mpiexec -n N hpcbench-train`, every rank runs Hydra: give them rank 0's run stamp
     (so one run directory) and keep Hydra's files and logs to rank 0."""
-    from hpcbench.mpi.topology import bcast
+    from hpcbench.mpi.topology import bcast, init_mpi
 
     if "-m" in sys.argv or "--multirun" in sys.argv:
         fail("hpcbench-train", "a multirun cannot be started under MPI; start it without mpiexec", 2)
     os.environ[RUN_STAMP_ENV] = bcast(run_stamp())
-    from mpi4py import MPI
-
-    if MPI.COMM_WORLD.Get_rank() != 0:
+    if init_mpi().COMM_WORLD.Get_rank() != 0:
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 

@@ -42,6 +42,21 @@ class Topology:
 SERIAL = Topology()
 
 
+def init_mpi():
+    """mpi4py's MPI module; importing it starts MPI. hpcbench's ranks use MPI only to find each
+    other (ranks, hosts, rank 0's store address): gloo or NCCL carry the gradients. So MPICH is
+    asked for its OFI netmod, unless the user chose one (MPIR_CVAR_CH4_NETMOD): with its default,
+    UCX, every node's first rank puts a 4 KB address into the PMI key-value space at start-up in
+    1 KB pieces, and Slurm's pmi2 plugin reads each PMI-1 command with a single 1024-byte read(),
+    so a piece that encodes to more than that is cut in two and every rank of the job waits in
+    MPI_Init until the time limit (seen on the test cluster). OFI's TCP address is 16 bytes.
+    Other MPI libraries ignore the variable."""
+    os.environ.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
+    from mpi4py import MPI
+
+    return MPI
+
+
 def launched_by_mpi() -> bool:
     return any(name in os.environ for name in MPI_RANK_VARIABLES)
 
@@ -56,7 +71,7 @@ def slurm_step_tasks() -> int:
 
 def mpi_topology(expected_world_size: int) -> Topology:
     """Rank, world and node layout from MPI; refuses worlds that do not match the config."""
-    from mpi4py import MPI
+    MPI = init_mpi()
 
     # MPICH's mpiexec, told not to kill the other ranks when one dies (mpi/launch.py), tells them
     # of the loss with SIGUSR1; MPI's own handler, installed at initialisation, would end them
@@ -97,9 +112,7 @@ def exit_without_mpi_finalize(exit_code: int) -> None:
 
 
 def bcast(value, root: int = 0):
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD.bcast(value, root=root)
+    return init_mpi().COMM_WORLD.bcast(value, root=root)
 
 
 def threads_per_rank(topology: Topology, cpus_per_rank: Optional[int] = None) -> int:

@@ -10,11 +10,10 @@ import copy
 import sys
 
 import torch
-from mpi4py import MPI
 
 from hpcbench.models import build_model
 from hpcbench.mpi.process_group import init_process_group, shutdown
-from hpcbench.mpi.topology import mpi_topology
+from hpcbench.mpi.topology import init_mpi, mpi_topology
 
 IMAGES = 8
 
@@ -28,7 +27,7 @@ def step(model, images, labels):
 
 
 def main(result_path: str) -> None:
-    topology = mpi_topology(MPI.COMM_WORLD.Get_size())
+    topology = mpi_topology(init_mpi().COMM_WORLD.Get_size())
     init_process_group(topology, "gloo", 60)
     torch.manual_seed(0)
     model = build_model("mobilenet_v2", num_classes=10)
