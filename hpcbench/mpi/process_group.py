@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from hpcbench.errors import ConfigError
-from hpcbench.mpi.topology import Topology, bcast
+from hpcbench.mpi.topology import Topology, barrier, bcast
 
 
 def routable_address(nodes: int) -> str:
@@ -44,6 +44,10 @@ def init_process_group(topology: Topology, backend: str, timeout_s: int) -> str:
     else:
         address = None
     host, port = bcast(address)
+    # Every rank holds the address before rank 0 leaves MPI for the store: MPI promises progress
+    # only inside its calls, and with MPICH's OFI netmod rank 0's part of the broadcast was still
+    # unsent when it went on to wait for the others in the store, which waited for the address.
+    barrier()
     if store is None:
         store = dist.TCPStore(host, port, topology.world_size, is_master=False, timeout=timeout)
     dist.init_process_group(backend, store=store, rank=topology.rank, world_size=topology.world_size, timeout=timeout)

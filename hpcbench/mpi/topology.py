@@ -115,6 +115,10 @@ def bcast(value, root: int = 0):
     return init_mpi().COMM_WORLD.bcast(value, root=root)
 
 
+def barrier() -> None:
+    init_mpi().COMM_WORLD.Barrier()
+
+
 def threads_per_rank(topology: Topology, cpus_per_rank: Optional[int] = None) -> int:
     """CPU ranks share their node's cores: mode.cpus_per_rank when set, else Slurm's
     cpus-per-task, else an equal share of the cores this process may use."""
