@@ -46,6 +46,15 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 
 hosts() { cat "$STATE/hosts" 2>/dev/null || echo 0; }
 
+# What stop must remove: the hosts of the state file or, after a start that failed half-way
+# (no state written yet), the node namespaces that are there.
+hosts_to_remove() {
+    local recorded seen
+    recorded=$(hosts)
+    seen=$(ip netns list 2>/dev/null | grep -c '^node[0-9]' || true)
+    echo $((recorded > seen ? recorded : seen))
+}
+
 in_host() {  # in_host I COMMAND...: run COMMAND as host nodeI (its network, hosts file and host name)
     local host=node$1
     shift
@@ -208,9 +217,10 @@ kill_pidfile() {  # kill_pidfile FILE
 }
 
 stop() {
-    local i
+    local i n
+    n=$(hosts_to_remove)
     scancel --full --user=root >/dev/null 2>&1 || true
-    for i in $(seq "$(hosts)"); do
+    for i in $(seq "$n"); do
         kill_pidfile "/run/slurm/slurmd-node$i.pid"
         ip netns pids "node$i" 2>/dev/null | xargs -r kill -9 2>/dev/null || true  # what jobs left there
     done
@@ -224,7 +234,7 @@ stop() {
     # munged writes its seed on the way out: a start while it still runs would keep it, socketless.
     for _ in $(seq 20); do pgrep -x munged >/dev/null || break; sleep 0.25; done
     pkill -9 -x munged 2>/dev/null || true
-    for i in $(seq "$(hosts)"); do
+    for i in $(seq "$n"); do
         ip netns del "node$i" 2>/dev/null || true
         ip link del "vb$i" 2>/dev/null || true
         rm -rf "/etc/netns/node$i"
