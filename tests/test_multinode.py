@@ -138,17 +138,20 @@ def _wait_for_first_epoch(sweep: Path, seconds: float = 300, launcher: subproces
     ends, or a launcher that exits, before that fails the test at once, with the job's story."""
     metrics = sweep / "0" / "metrics.jsonl"
     deadline = time.monotonic() + seconds
+    job_id = None
     while not (metrics.is_file() and metrics.read_text().strip()):
-        job_id = manifest(sweep)["jobs"][0]["slurm_job_id"] if (sweep / "manifest.json").is_file() else None
+        if job_id is None and (sweep / "manifest.json").is_file():  # written once, at submission
+            job_id = manifest(sweep)["jobs"][0]["slurm_job_id"]
         state = sacct(job_id, "State") if job_id else ""
         gone = state not in ("", "PENDING", "RUNNING", "REQUEUED") or (launcher and launcher.poll() is not None)
         if gone or time.monotonic() > deadline:
-            story = _job_story(sweep, job_id) if job_id else "not submitted"
-            if job_id:
-                subprocess.run(["scancel", job_id], timeout=30)  # so that it holds up no other test
+            if job_id is None:
+                pytest.fail("the job never finished an epoch: not submitted")
+            story = _job_story(sweep, job_id)
+            subprocess.run(["scancel", job_id], timeout=30)  # so that it holds up no other test
             pytest.fail(f"job {job_id} never finished an epoch: {story}")
         time.sleep(0.5)
-    return manifest(sweep)["jobs"][0]["slurm_job_id"]
+    return job_id or manifest(sweep)["jobs"][0]["slurm_job_id"]
 
 
 def _pids_of_host(host: str) -> list[int]:
