@@ -29,18 +29,18 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torchvision
-from torch.nn.parallel import DistributedDataParallel
 
 from hpcbench.config import BatchSizeConfig, DataConfig, ModeConfig, ModelConfig, RunConfig, TrainConfig
 from hpcbench.data.pipeline import build_pipeline
 from hpcbench.environment import cpu_model
 from hpcbench.models import build_model
 from hpcbench.mpi.topology import SERIAL, Topology, init_mpi, launched_by_mpi, mpi_topology
+from hpcbench.training.ddp import wrap_for_ddp
 from hpcbench.training.device import select_device
 from hpcbench.training.optim import LearningRateSchedule
 from hpcbench.training.signals import StopFlag
 from hpcbench.training.step import StepOptions, TrainStep
-from hpcbench.training.timing import StepTimer, timed_allreduce_hook
+from hpcbench.training.timing import StepTimer
 from hpcbench.training.trainer import TIMING_WARMUP_STEPS, train_one_epoch
 
 
@@ -100,9 +100,7 @@ class Bench:
         model = options.prepare_model(build_model(args.model, len(self.pipeline.classes), image_size=args.image_size)
                                       .to(device))
         if topology.distributed:
-            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-            if recipe.timed:
-                model.register_comm_hook(timer, timed_allreduce_hook)
+            model = wrap_for_ddp(model, device, timer, options, args.image_size)
         compiled = torch.compile(model) if options.compile else model
         self.step = TrainStep(compiled, torch.optim.Adam(model.parameters(), lr=1e-4), options, device, timer)
         self.schedule = LearningRateSchedule(1e-4, 1e-4, 0, 10**9, 1.0, steps)

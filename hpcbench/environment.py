@@ -28,6 +28,8 @@ def cpu_model() -> str:
 
 
 def _git(*args: str) -> Optional[str]:
+    if not (PROJECT_ROOT / ".git").exists():  # an installed wheel: site-packages may sit in another repo
+        return None
     try:
         result = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10, check=True

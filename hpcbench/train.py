@@ -24,7 +24,7 @@ from hpcbench.mpi.topology import launched_by_mpi, slurm_step_tasks
 from hpcbench.resolvers import RUN_STAMP_ENV, register_resolvers, run_stamp
 
 # An absolute path: Hydra reads a relative one as a Python package when run as an entry point.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package (package data)
 
 register_resolvers()
 register_schemas()

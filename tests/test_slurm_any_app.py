@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import REPO, cli_env, manifest, sacct
-from hydra.test_utils.launcher_common_tests import LauncherTestSuite
+from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -30,6 +30,16 @@ class TestHydrasLauncherSuite(LauncherTestSuite):
     # Hydra's suite for every launcher, less what repeats a case above (time on a 2-core machine).
     test_sweep_1_job_strict = None
     test_sweep_over_unspecified_mandatory_default = None
+
+
+@pytest.mark.parametrize(("task_launcher_cfg", "extra_flags"), [({}, ["-m", "hydra/launcher=slurm", *RESOURCES])])
+class TestHydrasIntegrationSuite(IntegrationTestSuite):
+    """Apps written to a folder and run as `python task.py -m ...`: the job's name, its working
+    directory (sweep dir and subdir from the app's config or the command line, override_dirname),
+    the original working directory and to_absolute_path, inside jobs that ran on Slurm. The flags
+    start with -m, as hydra-submitit-launcher's own run of this suite does: without it the apps
+    run once in Hydra's run mode, the launcher is never asked, and the five workdir cases and
+    to_absolute_path fail with the run directory outputs/<date>/<time>."""
 
 
 def _sweep(launcher: list[str], sweep_dir: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:

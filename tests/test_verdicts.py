@@ -34,6 +34,28 @@ def test_intervals_are_student_t_and_wilson():
     assert (wilson.low, wilson.high) == pytest.approx(proportion_confint(90, 100, method="wilson"))
 
 
+def test_accuracy_intervals_over_repeats_stay_within_zero_and_one():
+    # The quickstart's serial batch 16 (three seeds of 256 test images): Student t on the raw
+    # accuracies gave 0.7826 [0.5164, 1.0487].
+    accuracies, totals = [0.65234375, 0.9609375, 0.734375], [256, 256, 256]
+    naive = stats.t_interval(accuracies)
+    assert naive.high > 1
+    interval = stats.accuracy_interval(accuracies, totals)
+    assert 0 < interval.low < interval.mean < interval.high < 1 and interval.n == 3
+    # It is the t interval of the empirical logits, mapped back.
+    logits = [np.log((a * 256 + 0.5) / (256 - a * 256 + 0.5)) for a in accuracies]
+    on_logits = stats.t_interval(logits)
+    assert (interval.low, interval.high) == pytest.approx(tuple(1 / (1 + np.exp(-x)) for x in (on_logits.low,
+                                                                                              on_logits.high)))
+    # Perfect and empty runs stay finite; runs that all agree fall back to Wilson on pooled counts.
+    edge = stats.accuracy_interval([1.0, 0.99609375], [256, 256])
+    assert 0 < edge.low < edge.high < 1
+    same = stats.accuracy_interval([1.0, 1.0, 1.0], [100, 100, 100])
+    assert (same.low, same.high) == pytest.approx(proportion_confint(300, 300, method="wilson"))
+    unknown_counts = stats.accuracy_interval([0.95, 0.99, 1.0], [None, None, None])  # imported logs
+    assert 0 < unknown_counts.low < unknown_counts.high < 1
+
+
 def test_a_single_runs_throughput_interval_comes_from_its_step_times():
     interval = stats.throughput_interval(100.0, step_mean_s=0.32, step_std_s=0.032, steps=100)
     step_half = scipy_stats.t.ppf(0.975, 99) * 0.032 / 10

@@ -5,6 +5,10 @@
 - One run's throughput: the interval of its mean step time from its own steps (rank 0's steps
   after the warm-up, pooled over the steady epochs; steps treated as independent draws, which a
   slowly drifting machine violates: then the interval is too narrow), carried over to images/s.
+- Accuracy over repeats: a proportion, so its interval must stay in [0, 1]: Student t over the
+  runs on the logit scale, mapped back (each run's accuracy as the empirical logit of its test-set
+  count, log((c + 0.5) / (N - c + 0.5)), finite at 0 and 1). Runs that all agree leave no spread to
+  measure: then Wilson's interval on their pooled counts.
 - One run's accuracy: the Wilson interval of the proportion of test images classified right.
 - Accuracy difference: with n >= 2 runs on both sides (not all alike), Welch's t-test over the
   runs; otherwise a two-proportion score test on the test-set counts (a side's runs pooled), with Newcombe's
@@ -73,6 +77,30 @@ def throughput_interval(samples_per_s: float, step_mean_s: float, step_std_s: fl
         return None
     return Interval(samples_per_s, samples_per_s * step_mean_s / step.high, samples_per_s * step_mean_s / step.low,
                     steps)
+
+
+def accuracy_interval(accuracies: Sequence[float], totals: Sequence[Optional[int]]) -> Optional[Interval]:
+    """The interval of the mean accuracy of n >= 2 runs, within [0, 1]; `totals` are the runs'
+    test-set sizes (None where unknown, e.g. imported logs: the accuracy is then clipped to half
+    an image of a 10,000-image test set before its logit is taken)."""
+    if len(accuracies) < 2:
+        return None
+    known = all(t and not math.isnan(t) for t in totals)
+    if known and len(set(accuracies)) == 1:
+        pooled = proportion_interval(sum(round(a * t) for a, t in zip(accuracies, totals, strict=True)),
+                                     int(sum(totals)))
+        return Interval(accuracies[0], pooled.low, pooled.high, len(accuracies)) if pooled else None
+    if known:
+        correct = [round(a * t) for a, t in zip(accuracies, totals, strict=True)]
+        logits = [math.log((c + 0.5) / (t - c + 0.5)) for c, t in zip(correct, totals, strict=True)]
+    else:
+        clipped = np.clip(accuracies, 0.5e-4, 1 - 0.5e-4)
+        logits = list(np.log(clipped / (1 - clipped)))
+    on_logits = t_interval(logits)
+    if on_logits is None:
+        return None
+    low, high = (float(1 / (1 + math.exp(-x))) for x in (on_logits.low, on_logits.high))
+    return Interval(float(np.mean(accuracies)), low, high, len(accuracies))
 
 
 def proportion_interval(correct: int, total: int) -> Optional[Interval]:

@@ -1,9 +1,10 @@
 """Intervals and verdicts per configuration: how sure each number is, whether its accuracy differs
 from its baseline's, and how long it took to reach a target accuracy.
 
-- Intervals (95%): with n >= 2 repeats, Student t over the runs (time, throughput, accuracy);
-  a single run's throughput from its own step times, its accuracy by Wilson's interval on its
-  test-set count; a single run's total time has none.
+- Intervals (95%): with n >= 2 repeats, Student t over the runs (time, throughput; accuracy on the
+  logit scale, so that its interval stays in [0, 1]: stats.accuracy_interval); a single run's
+  throughput from its own step times, its accuracy by Wilson's interval on its test-set count; a
+  single run's total time has none.
 - Accuracy parity: a configuration is flagged only when its accuracy differs from its baseline's
   significantly (Holm-adjusted p < 0.05 over all the report's comparisons) *and* by more than the
   tolerance (`--tolerance`). Accuracies an imported MPI log reports are rank 0's shard only: they
@@ -30,7 +31,11 @@ GLOBAL = "global"
 def _interval_columns(row: pd.Series) -> Dict[str, float]:
     columns: Dict[str, float] = {}
     for column, runs in (("total_time_s", "time_runs"), ("samples_per_s", "rate_runs"), ("best_test_acc", "acc_runs")):
-        interval = stats.t_interval(row[runs])
+        if column == "best_test_acc":
+            interval = stats.accuracy_interval(row[runs], row["test_images_runs"] if _counts_known(row)
+                                               else [None] * len(row[runs]))
+        else:
+            interval = stats.t_interval(row[runs])
         if interval is None and column == "samples_per_s" and row["timed_steps"] and row["timed_steps"] > 1:
             interval = stats.throughput_interval(row[column], row["step_time_mean_s"], row["step_time_std_s"],
                                                  int(row["timed_steps"]))

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from hpcbench.config import RunConfig, per_device_batch
 from hpcbench.data.pipeline import build_pipeline
@@ -32,13 +31,14 @@ from hpcbench.training.breakdown import phase_fields, rank_vector
 from hpcbench.training.checkpoint import agreed_resume_checkpoint, restore_training_state
 from hpcbench.training.continuation import check_run_directory
 from hpcbench.training.cost import EnergyMeter, energy_of_all_ranks
+from hpcbench.training.ddp import wrap_for_ddp
 from hpcbench.training.device import peak_memory_mb, select_device, synchronize
 from hpcbench.training.optim import LearningRateSchedule, build_optimizer
 from hpcbench.training.probe import probe_run
 from hpcbench.training.record import RunRecord
 from hpcbench.training.signals import Interrupted, StopFlag, stop_on_signals
 from hpcbench.training.step import FP32, StepOptions, TrainStep
-from hpcbench.training.timing import PhaseTimes, StepTimer, gather_over_ranks, timed_allreduce_hook
+from hpcbench.training.timing import PhaseTimes, StepTimer, gather_over_ranks
 
 log = logging.getLogger("hpcbench")
 
@@ -194,8 +194,7 @@ def build_training_model(cfg: RunConfig, num_classes: int, device: torch.device,
     check_input_size(model, cfg.model.name, cfg.data.image_size)
     model = options.prepare_model(model.to(device))
     if topology.distributed:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        model.register_comm_hook(timer, timed_allreduce_hook)  # DDP's all-reduce, timed per bucket
+        model = wrap_for_ddp(model, device, timer, options, cfg.data.image_size)
     return torch.compile(model) if options.compile else model
 
 
