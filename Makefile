@@ -24,8 +24,9 @@ demo: $(INSTALLED)
 	$(BIN)/hpcbench-train -m experiment=quickstart hydra.sweep.dir=$(DEMO_SWEEP)
 	$(BIN)/hpcbench-report $(DEMO_SWEEP) --out reports/quickstart --title "hpcbench quickstart: serial CPU vs 2 DDP ranks (synthetic data, 32 px)"
 
+PYTEST_ARGS ?=  # more pytest options; .ci/run adds --durations=25
 test: $(INSTALLED)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check hpcbench hydra_plugins tests

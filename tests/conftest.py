@@ -11,14 +11,25 @@ import pytest
 from helpers import CIFAR_TARBALL
 
 
+# The first images of each class that the tests read (data.limit_train / limit_test take the first
+# N class-balanced): writing these 3,500 files instead of all 60,000 saves half a minute.
+CIFAR_PER_CLASS = {"train": 250, "test": 100}
+
+
+def _first_of_each_class(member: tarfile.TarInfo) -> bool:
+    parts = member.name.split("/")  # cifar10/<split>/<class>/<NNNN>.jpg
+    return not member.isfile() or (len(parts) == 4 and int(parts[3].split(".")[0]) < CIFAR_PER_CLASS[parts[1]])
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory) -> Path:
-    """The real CIFAR-10 JPEG tree from ../shared/data, extracted once per test session."""
+    """Real CIFAR-10 JPEGs from ../shared/data (the first images of each class), extracted once per
+    test session."""
     if not CIFAR_TARBALL.is_file():
         pytest.skip(f"{CIFAR_TARBALL} is not here")
     target = tmp_path_factory.mktemp("cifar")
     with tarfile.open(CIFAR_TARBALL) as archive:
-        archive.extractall(target, filter="data")
+        archive.extractall(target, members=filter(_first_of_each_class, archive), filter="data")
     return target / "cifar10"
 
 
@@ -36,3 +47,4 @@ def slurm_cluster():
         if os.environ.get("CI"):
             pytest.fail("no Slurm cluster is running: .ci/run must start it (tests/cluster/cluster.sh start)")
         pytest.skip("no Slurm cluster here; start one with: tests/cluster/cluster.sh start --hosts 2")
+

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -86,7 +87,13 @@ def manifest(sweep: Path) -> dict:
 
 
 def job_count() -> int:
-    """Every job Slurm's accounting knows: a sweep that submits nothing leaves it unchanged."""
+    """Every job Slurm's accounting knows: a sweep that submits nothing leaves it unchanged. The
+    controller hands job records to slurmdbd through a queue, so an earlier test's jobs can reach
+    accounting a moment later: count once that queue is empty."""
+    deadline = time.monotonic() + 60
+    while "DBD Agent queue size: 0" not in subprocess.run(["sdiag"], capture_output=True, text=True, timeout=30).stdout:
+        assert time.monotonic() < deadline, "slurmctld's queue to slurmdbd did not drain in a minute"
+        time.sleep(0.2)
     result = subprocess.run(["sacct", "-n", "-X", "-a", "-S", "2000-01-01", "--format=JobID"], capture_output=True,
                             text=True, timeout=30)
     return len(result.stdout.split())

@@ -44,10 +44,15 @@ def _wait_for_epochs(run_dir: Path, epochs: int, process: subprocess.Popen, time
         time.sleep(0.2)
 
 
-def test_a_killed_run_resumes_to_exactly_the_uninterrupted_metrics(tmp_path):
-    uninterrupted = tmp_path / "uninterrupted"
-    assert run_cli([*THREE_EPOCHS, f"hydra.run.dir={uninterrupted}"], tmp_path).returncode == 0
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """THREE_EPOCHS trained without a break: what every resumed run of this module must equal."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    assert run_cli([*THREE_EPOCHS, f"hydra.run.dir={root / 'run'}"], root).returncode == 0
+    return root / "run"
 
+
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_metrics(tmp_path, uninterrupted):
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "hpcbench.train", *THREE_EPOCHS, f"hydra.run.dir={killed}"],
                                cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -78,9 +83,7 @@ def test_a_completed_run_is_not_trained_again(tmp_path):
     assert (run_dir / "metrics.jsonl").stat().st_mtime_ns == before
 
 
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
-    reference = tmp_path / "reference"
-    assert run_cli([*THREE_EPOCHS, f"hydra.run.dir={reference}"], tmp_path).returncode == 0
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"  # keeps every checkpoint, so it can be extended to 3 epochs
     assert run_cli([*THREE_EPOCHS, "train.epochs=2", "train.keep_checkpoints=all", f"hydra.run.dir={run_dir}"],
                    tmp_path).returncode == 0
@@ -90,7 +93,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert result.returncode == 0, result.stderr
     log = (run_dir / "train.log").read_text()
     assert "truncated or corrupt" in log and "resuming after epoch 1" in log
-    assert _metrics(run_dir) == _metrics(reference)
+    assert _metrics(run_dir) == _metrics(uninterrupted)
 
 
 def test_unreadable_checkpoints_stop_the_run_instead_of_starting_over(tmp_path):

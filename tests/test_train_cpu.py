@@ -23,10 +23,18 @@ def _train_in_process(tmp_path, overrides, name="run"):
     return out, summary
 
 
-def test_cli_run_writes_a_complete_run_directory(tmp_path):
-    result = run_cli(TINY, tmp_path)
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One `hpcbench-train TINY` run, read by the tests below (each reads, none writes)."""
+    root = tmp_path_factory.mktemp("cli")
+    result = run_cli(TINY, root)
     assert result.returncode == 0, result.stderr
-    [run_dir] = run_dirs(tmp_path / "outputs")
+    [run_dir] = run_dirs(root / "outputs")
+    return run_dir
+
+
+def test_cli_run_writes_a_complete_run_directory(cli_run):
+    run_dir = cli_run
     for name in [".hydra/config.yaml", ".hydra/overrides.yaml", "resolved_config.yaml", "metrics.jsonl",
                  "summary.json", "env.json", "checkpoints/best.pt", "train.log"]:
         assert (run_dir / name).is_file(), name
@@ -62,16 +70,14 @@ def test_cli_run_writes_a_complete_run_directory(tmp_path):
     assert "epoch 2/2" in (run_dir / "train.log").read_text()
 
 
-def test_same_config_and_seed_give_identical_metrics(tmp_path):
-    first, _ = _train_in_process(tmp_path, [], "first")
-    second, _ = _train_in_process(tmp_path, [], "second")
+def test_same_config_and_seed_give_identical_metrics(tmp_path, cli_run):
+    again, _ = _train_in_process(tmp_path, [], "again")  # in this process, the CLI's run in another
     keys = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
-    assert [[m[k] for k in keys] for m in read_metrics(first)] == [[m[k] for k in keys] for m in read_metrics(second)]
+    assert [[m[k] for k in keys] for m in read_metrics(cli_run)] == [[m[k] for k in keys] for m in read_metrics(again)]
 
 
-def test_a_run_is_rerun_exactly_from_its_directory(tmp_path):
-    assert run_cli(TINY, tmp_path).returncode == 0
-    [original] = run_dirs(tmp_path / "outputs")
+def test_a_run_is_rerun_exactly_from_its_directory(tmp_path, cli_run):
+    original = cli_run
     rerun_dir = tmp_path / "rerun"
     # The documented command (README, "Re-running a run").
     result = run_cli(["--config-dir", str(original), "--config-name", "resolved_config", f"hydra.run.dir={rerun_dir}"],
