@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from helpers import CIFAR_TARBALL
 
-
 # The first images of each class that the tests read (data.limit_train / limit_test take the first
 # N class-balanced): writing these 3,500 files instead of all 60,000 saves half a minute.
 CIFAR_PER_CLASS = {"train": 250, "test": 100}
