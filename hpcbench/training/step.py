@@ -2,8 +2,8 @@
 fp16), channels_last memory format and torch.compile. Shared by the trainer and the benchmark.
 
 `auto` picks, per device, the fastest setting that leaves the model's results within noise:
-bf16 autocast where the hardware computes bf16 natively (recent GPUs; CPUs with AVX512_BF16 or
-AMX), fp16 + GradScaler on older GPUs, fp32 otherwise; channels_last on.
+bf16 autocast where the hardware computes bf16 natively (GPUs of compute capability 8.0 and newer;
+CPUs with AVX512_BF16 or AMX), fp16 + GradScaler on older GPUs, fp32 otherwise; channels_last on.
 """
 from __future__ import annotations
 
@@ -28,11 +28,16 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# Tensor cores compute bf16 from Ampere (8.0) on. torch.cuda.is_bf16_supported() is also true on a
+# V100 (7.0), where bf16 is emulated without tensor cores: slow, where fp16 + GradScaler is fast.
+NATIVE_BF16_CAPABILITY = (8, 0)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
