@@ -46,4 +46,3 @@ def slurm_cluster():
         if os.environ.get("CI"):
             pytest.fail("no Slurm cluster is running: .ci/run must start it (tests/cluster/cluster.sh start)")
         pytest.skip("no Slurm cluster here; start one with: tests/cluster/cluster.sh start --hosts 2")
-

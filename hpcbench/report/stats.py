@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint, test_proportions_2indep
 
@@ -85,22 +85,17 @@ def accuracy_interval(accuracies: Sequence[float], totals: Sequence[Optional[int
     an image of a 10,000-image test set before its logit is taken)."""
     if len(accuracies) < 2:
         return None
-    known = all(t and not math.isnan(t) for t in totals)
-    if known and len(set(accuracies)) == 1:
-        pooled = proportion_interval(sum(round(a * t) for a, t in zip(accuracies, totals, strict=True)),
-                                     int(sum(totals)))
-        return Interval(accuracies[0], pooled.low, pooled.high, len(accuracies)) if pooled else None
-    if known:
+    if all(t and not math.isnan(t) for t in totals):
         correct = [round(a * t) for a, t in zip(accuracies, totals, strict=True)]
+        if len(set(accuracies)) == 1:  # no spread to measure
+            pooled = proportion_interval(sum(correct), int(sum(totals)))
+            return Interval(accuracies[0], pooled.low, pooled.high, len(accuracies))
         logits = [math.log((c + 0.5) / (t - c + 0.5)) for c, t in zip(correct, totals, strict=True)]
     else:
-        clipped = np.clip(accuracies, 0.5e-4, 1 - 0.5e-4)
-        logits = list(np.log(clipped / (1 - clipped)))
+        logits = list(special.logit(np.clip(accuracies, 0.5e-4, 1 - 0.5e-4)))
     on_logits = t_interval(logits)
-    if on_logits is None:
-        return None
-    low, high = (float(1 / (1 + math.exp(-x))) for x in (on_logits.low, on_logits.high))
-    return Interval(float(np.mean(accuracies)), low, high, len(accuracies))
+    low, high = special.expit([on_logits.low, on_logits.high])
+    return Interval(float(np.mean(accuracies)), float(low), float(high), len(accuracies))
 
 
 def proportion_interval(correct: int, total: int) -> Optional[Interval]:
