@@ -62,7 +62,8 @@ class ModeConfig:
     nodes: int = positive(1)  # nodes the ranks are spread over
     cpus_per_rank: Optional[int] = positive(None)  # cores per process; None: the partition's default share
     backend: str = one_of("auto", BACKENDS)  # torch.distributed backend; auto: nccl on cuda, gloo on cpu
-    collective_timeout_s: int = positive(120)  # a dead rank ends the job after at most this long
+    # A hung rank ends the job after at most this long; None: derived (collective_timeout below)
+    collective_timeout_s: Optional[int] = positive(None)
 
 
 @dataclass
@@ -72,6 +73,8 @@ class PartitionConfig:
     cores_per_node: int = positive(1)
     gpus_per_node: int = non_negative(0)
     gpu_type: Optional[str] = None  # gres type, e.g. v100 (gres=gpu:v100:2)
+    # "7.0": the GPUs' compute capability, for a gpu_type that hpcbench.gpu_support does not know
+    gpu_capability: Optional[str] = None
     memory_gb: int = positive(1)
     max_nodes: int = positive(1)
     time_limit_min: int = positive(60)  # the partition's own wall-time ceiling
@@ -96,11 +99,22 @@ class HardwareConfig:
     setup: List[str] = field(default_factory=list)  # shell lines run before the job (module load, ...)
     mpi_launcher: str = one_of("mpiexec", MPI_LAUNCHERS)  # how `mode=ddp` starts its ranks
     srun_mpi: str = "pmi2"  # srun --mpi plugin: pmi2 for MPICH, pmix for Open MPI
+    # The compute nodes' interpreter (where `setup` activates another environment than the login
+    # node's); None: the one that submits. The launcher checks its torch build against the GPUs.
+    python: Optional[str] = None
+    # NCCL's network on multi-homed nodes, set for every rank (None: NCCL's own choice)
+    nccl_socket_ifname: Optional[str] = None  # e.g. ib0, or ^docker,lo
+    nccl_ib_hca: Optional[str] = None  # e.g. mlx5_0,mlx5_1
     account: Optional[str] = None
     qos: Optional[str] = None
     constraint: Optional[str] = None
     time_limit_min: int = positive(60)  # time requested per job
     memory_gb_per_task: Optional[int] = positive(None)  # memory requested per task; None: derived from the node
+
+    def network_variables(self) -> Dict[str, str]:
+        """The environment variables the profile sets for every rank."""
+        chosen = {"NCCL_SOCKET_IFNAME": self.nccl_socket_ifname, "NCCL_IB_HCA": self.nccl_ib_hca}
+        return {name: value for name, value in chosen.items() if value}
 
 
 @dataclass
@@ -269,6 +283,21 @@ def run_partition(run: RunConfig) -> Tuple[str, PartitionConfig]:
         known = ", ".join(sorted(hardware.partitions)) or "none"
         raise ConfigError(f"{key}={name} is not a partition of hardware={hardware.name} (it has: {known})")
     return name, hardware.partitions[name]
+
+
+# The derived collective timeout. Eager steps keep ranks within seconds of each other, so 120 s
+# bounds a hang closely. With train.compile each rank compiles its first steps on its own, which
+# takes minutes and differs between ranks by as much: 30 min. Rank 0 writing a checkpoint while
+# the others wait is kept out of collectives altogether (process_group.wait_for_main_rank).
+COLLECTIVE_TIMEOUT_S = 120
+COMPILE_COLLECTIVE_TIMEOUT_S = 1800
+
+
+def collective_timeout(run: RunConfig) -> int:
+    """mode.collective_timeout_s when set, else derived from what the ranks do (above)."""
+    if run.mode.collective_timeout_s is not None:
+        return run.mode.collective_timeout_s
+    return COMPILE_COLLECTIVE_TIMEOUT_S if run.train.compile else COLLECTIVE_TIMEOUT_S
 
 
 def per_device_batch(run: RunConfig) -> int:

@@ -52,6 +52,11 @@ def mpi_library() -> Optional[str]:
     return " ".join(mpi.Get_library_version().split()[:3]).replace("Version: ", "") if mpi else None
 
 
+# The variables that choose how ranks and GPUs talk (NCCL's interfaces and error handling, MPI's
+# netmod and GPU support, the GPUs a process sees): recorded, as they change what a run measures.
+COMMUNICATION_PREFIXES = ("NCCL_", "TORCH_NCCL_", "GLOO_", "MPIR_CVAR_", "OMPI_MCA_", "UCX_", "CUDA_VISIBLE_DEVICES")
+
+
 def collect_environment() -> Dict[str, Any]:
     cuda = torch.cuda.is_available()
     return {
@@ -72,4 +77,5 @@ def collect_environment() -> Dict[str, Any]:
         "git": git_state(),
         "command": sys.argv,
         "slurm": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SLURM_")},
+        "communication": {k: v for k, v in sorted(os.environ.items()) if k.startswith(COMMUNICATION_PREFIXES)},
     }

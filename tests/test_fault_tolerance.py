@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, compose_run, read_json, read_metrics, run_cli, run_dirs, table_rows
+from helpers import TINY, cli_env, compose_run, read_json, read_metrics, run_cli, run_dirs, table_rows
 from PIL import Image
 
 from hpcbench.errors import WeightsError
@@ -290,3 +290,17 @@ def test_a_completed_run_keeps_what_keep_checkpoints_says(tmp_path):
     # A resumable one can: it trains epoch 3 only.
     summary = fit(compose_run([*TINY, "train.epochs=3"]), tmp_path / "resumable")
     assert (summary.epochs, summary.restarts, summary.resumed_from_epochs) == (3, 1, [2])
+
+
+def test_ranks_wait_for_a_slow_checkpoint_of_rank_0_longer_than_the_collective_timeout(tmp_path):
+    # Rank 0's first checkpoint takes 12 s, the collective timeout is 4 s: the other rank waits for
+    # it in the store, not in its next collective, and the run completes.
+    run_dir = tmp_path / "run"
+    user_models = str(Path(__file__).parent / "user_models")
+    result = run_cli([*TINY, "mode=ddp", "mode.ranks=2", "mode.device=cpu", "mode.collective_timeout_s=4",
+                      "+model._target_=slow_to_save.build", "model.name=slow_to_save", "+model.args.delay_s=12",
+                      f"hydra.run.dir={run_dir}"], tmp_path, env=cli_env(tmp_path, {"PYTHONPATH": user_models}))
+    assert result.returncode == 0, result.stderr
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    assert summary["total_time_s"] > 12

@@ -73,6 +73,39 @@ same = sum(a["label"] == b["label"] for a, b in zip(cuda, cpu))
 print(f"{len(cuda)} images: top-1 on CUDA equals the CPU's for {same}")
 EOF
 
+step "GPU clusters: auto precision and the torch-build check on this GPU"
+$PY - <<'EOF'
+import torch
+from hpcbench.gpu_support import this_torch_build
+from hpcbench.training.step import resolve_precision
+gpu, capability = torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
+print(gpu, capability, "auto ->", resolve_precision("auto", torch.device("cuda", 0)),
+      "(rule: bf16 from 8.0, else fp16)")
+build = this_torch_build()
+print("torch", build.version, "kernels", " ".join(build.arch_flags))
+print("this GPU:", build.problem_on(capability, gpu) or "runs")
+print("a V100:", build.problem_on((7, 0), "V100") or "runs")
+EOF
+
+step "GPU clusters: a rank killed outright under NCCL is reported, the summary does not stay running"
+timeout 200 $PY -m hpcbench.train mode=ddp mode.ranks=1 mode.device=cuda "${CIFAR[@]}" batch_size.size=256 \
+    train.epochs=4 train.probe=false hydra.run.dir=/tmp/runs/killed &
+LAUNCHER=$!
+for _ in $(seq 240); do [ -s /tmp/runs/killed/metrics.jsonl ] && break; sleep 0.5; done
+pkill -9 -f "hpcbench.worker /tmp/runs/killed"
+wait $LAUNCHER; echo "hpcbench-train exit status: $?"
+$PY - <<'EOF'
+import json
+s = json.load(open("/tmp/runs/killed/summary.json"))
+print({k: s.get(k) for k in ("status", "error")})
+print("communication:", json.load(open("/tmp/runs/killed/env.json")).get("communication"))
+EOF
+
+step "GPU clusters: torch.compile under NCCL within the derived collective timeout"
+timeout 300 $PY -m hpcbench.train mode=ddp mode.ranks=1 mode.device=cuda train.compile=true "${CIFAR[@]}" \
+    batch_size.size=256 train.epochs=1 train.probe=false hydra.run.dir=/tmp/runs/ddp1_compile
+$PY -c "import json; s = json.load(open('/tmp/runs/ddp1_compile/summary.json')); print(s['status'], s.get('samples_per_s'))"
+
 step "packing the run directories"
 tar -czf "$OUT/runs.tar.gz" --exclude=checkpoints -C /tmp runs
 ls -la "$OUT"

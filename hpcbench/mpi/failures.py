@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from hpcbench.files import atomic_write_json, atomic_write_text
+from hpcbench.rundir import ENV
 
 RANKS_DIR = "ranks"
 # How long rank 0 waits for the records of the others once its own error says a peer is gone.
@@ -113,6 +114,21 @@ def first_failure(failures: Sequence[RankFailure], hosts: Sequence[str]) -> Opti
         earliest = min(failures, key=lambda f: f.time)
         return f"{earliest.describe()} failed first: {earliest.error}"
     return None
+
+
+def rank_hosts(run_dir: Path, world_size: int) -> List[str]:
+    """Every rank's host as rank 0 recorded it in env.json (unknown before it did)."""
+    try:
+        hosts = json.loads((Path(run_dir) / ENV).read_text()).get("rank_hosts") or []
+    except (OSError, ValueError):
+        hosts = []
+    return hosts if len(hosts) == world_size else ["an unknown host"] * world_size
+
+
+def failed_run_cause(run_dir: Path, world_size: int) -> Optional[str]:
+    """What the launchers say about a failed DDP run, from the records its ranks left (None: none
+    left one; they were killed: by NCCL's watchdog, the OOM killer, a signal)."""
+    return first_failure(read_failures(run_dir), rank_hosts(run_dir, world_size))
 
 
 def failure_line(error: BaseException, run_dir: Path, rank: int, hosts: Sequence[str]) -> str:

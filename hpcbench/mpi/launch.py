@@ -9,19 +9,18 @@ directory (mpi/failures.py).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from hpcbench.config import RunConfig
 from hpcbench.errors import ConfigError, HpcbenchError
-from hpcbench.mpi.failures import RANKS_DIR, first_failure, read_failures
-from hpcbench.rundir import ENV, RunDirectory, read_summary
+from hpcbench.mpi.failures import RANKS_DIR, failed_run_cause, read_failures
+from hpcbench.rundir import RunDirectory, read_summary
 from hpcbench.slurm.resources import derive_request, srun_rank_args
 
 log = logging.getLogger("hpcbench")
@@ -66,12 +65,22 @@ def check_allocation(run: RunConfig) -> None:
         )
 
 
+def srun_cpus_per_task(run: RunConfig) -> Optional[int]:
+    """Cores per rank for srun, which (Slurm 22.05 - 23.02) does not take them from the
+    allocation: the allocation's inside one, else what the profile derives."""
+    if inside_allocation():
+        return int(os.environ["SLURM_CPUS_PER_TASK"]) if "SLURM_CPUS_PER_TASK" in os.environ else None
+    return derive_request(run).cpus_per_task
+
+
 def mpi_command(run: RunConfig, program: List[str]) -> List[str]:
     ranks, nodes = str(run.mode.ranks), str(run.mode.nodes)
     hardware = run.hardware
     if hardware.mpi_launcher == "srun" or inside_allocation():
+        cpus = srun_cpus_per_task(run)
         return ["srun", *srun_rank_args(run), "--ntasks", ranks, "--nodes", nodes,
-                "--ntasks-per-node", str(run.mode.ranks // run.mode.nodes), *program]
+                "--ntasks-per-node", str(run.mode.ranks // run.mode.nodes),
+                *([f"--cpus-per-task={cpus}"] if cpus else []), *program]
     launcher = find_launcher(hardware.mpi_launcher)
     if not _is_mpich(launcher):
         return [launcher, "-n", ranks, *program]
@@ -97,23 +106,13 @@ def worker_command(run_dir: Path) -> List[str]:
     return [sys.executable, "-m", "hpcbench.worker", str(run_dir)]
 
 
-def rank_hosts(run_dir: Path, world_size: int) -> List[str]:
-    """Every rank's host as rank 0 recorded it in env.json (unknown before it did)."""
-    try:
-        hosts = json.loads((Path(run_dir) / ENV).read_text()).get("rank_hosts") or []
-    except (OSError, ValueError):
-        hosts = []
-    return hosts if len(hosts) == world_size else ["an unknown host"] * world_size
-
-
 def ranks_failed(run_dir: Path, world_size: int, returncode: int) -> RanksFailed:
     """One line naming the rank and host that failed first, from the records the ranks left."""
-    failures = read_failures(run_dir)
-    cause = first_failure(failures, rank_hosts(run_dir, world_size))
+    cause = failed_run_cause(run_dir, world_size)
     if cause is None:
         return RanksFailed(f"the {world_size} MPI ranks exited with status {returncode} (see {Path(run_dir) / 'train.log'})")
     error = RanksFailed(f"{cause} (tracebacks: {Path(run_dir) / RANKS_DIR})")
-    error.exit_code = min(f.exit_code for f in failures)
+    error.exit_code = min(f.exit_code for f in read_failures(run_dir))
     return error
 
 

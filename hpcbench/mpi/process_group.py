@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -30,10 +30,36 @@ def routable_address(nodes: int) -> str:
     )
 
 
-def init_process_group(topology: Topology, backend: str, timeout_s: int) -> str:
+# How long the other ranks wait for rank 0 to pass a point where it alone works (writing the
+# epoch's metrics and checkpoints): a large model's checkpoint on a busy shared file system takes
+# minutes, which no collective timeout should have to allow for. If rank 0 dies meanwhile, its
+# store goes with it and the others learn of it at once.
+MAIN_RANK_WAIT_S = 3600
+
+_store: Optional[dist.TCPStore] = None  # this process's connection to rank 0's store
+
+
+def nccl_variables() -> Dict[str, str]:
+    """NCCL's watchdog, on a collective that timed out or a peer's error, by default aborts the
+    process (SIGABRT): no rank record, a summary left `running`. Told to abort the communicator
+    only, it makes the rank's next wait raise instead, so the rank records its error like under
+    gloo. A value the user set stands."""
+    return {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}  # CleanUpOnly
+
+
+def init_process_group(topology: Topology, backend: str, timeout_s: int, device: Optional[torch.device] = None,
+                       variables: Optional[Dict[str, str]] = None) -> str:
     """Start torch.distributed on the MPI world; returns the store's address (host:port).
     Collectives time out after `timeout_s`, so a dead rank ends the job instead of hanging it
-    until the scheduler's time limit."""
+    until the scheduler's time limit. `variables` (the hardware profile's NCCL network choice) are
+    set before the backend reads them. Under NCCL the group is bound to this rank's GPU
+    (`device_id`): its first collective then cannot guess a device from the rank number, which
+    picks another rank's GPU under per-task GPU binding or cyclic task placement."""
+    global _store
+    os.environ.update(variables or {})
+    if backend == "nccl":
+        for name, value in nccl_variables().items():
+            os.environ.setdefault(name, value)
     timeout = datetime.timedelta(seconds=timeout_s)
     store: Optional[dist.TCPStore] = None
     if topology.is_main:
@@ -50,8 +76,27 @@ def init_process_group(topology: Topology, backend: str, timeout_s: int) -> str:
     barrier()
     if store is None:
         store = dist.TCPStore(host, port, topology.world_size, is_master=False, timeout=timeout)
-    dist.init_process_group(backend, store=store, rank=topology.rank, world_size=topology.world_size, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=topology.rank, world_size=topology.world_size, timeout=timeout,
+                            device_id=group_device(backend, device))
+    _store = store
     return f"{host}:{port}"
+
+
+def group_device(backend: str, device: Optional[torch.device]) -> Optional[torch.device]:
+    """The device a process group is bound to: this rank's GPU under NCCL, none otherwise."""
+    return device if backend == "nccl" and device is not None and device.type == "cuda" else None
+
+
+def wait_for_main_rank(topology: Topology, point: str, timeout_s: int = MAIN_RANK_WAIT_S) -> None:
+    """The other ranks wait, in rank 0's store rather than in a collective, until rank 0 has
+    passed `point` (a name unique to this run, e.g. the epoch)."""
+    if not topology.distributed or _store is None:
+        return
+    key = f"hpcbench/passed/{point}"
+    if topology.is_main:
+        _store.set(key, "1")
+    else:
+        _store.wait([key], datetime.timedelta(seconds=timeout_s))
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -67,5 +112,7 @@ def all_reduce_sum(tensor: torch.Tensor, topology: Topology) -> torch.Tensor:
 
 
 def shutdown() -> None:
+    global _store
     if dist.is_initialized():
         dist.destroy_process_group()
+    _store = None

@@ -10,6 +10,7 @@ import atexit
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -42,19 +43,71 @@ class Topology:
 SERIAL = Topology()
 
 
+# MPI's own GPU support, off unless the user set it: a CUDA-aware MPI may create a context on every
+# GPU of the node in MPI_Init, which fails on GPUs in exclusive-process mode and takes memory on
+# the others' GPUs, and hpcbench never hands MPI a GPU buffer. MPICH; Open MPI 4 (opal_cuda_support)
+# and 5 (its accelerator framework).
+MPI_GPU_SUPPORT_OFF = {"MPIR_CVAR_ENABLE_GPU": "0", "OMPI_MCA_opal_cuda_support": "0", "OMPI_MCA_accelerator": "null"}
+
+# How long MPI may take to start before the process gives up with one line naming its host (a rank
+# that hangs in MPI_Init is otherwise bounded only by the job's time limit). MPI starts before the
+# config is read, so the bound is an environment variable.
+MPI_START_TIMEOUT_ENV = "HPCBENCH_MPI_START_TIMEOUT_S"
+MPI_START_TIMEOUT_S = 300
+
+
 def init_mpi():
     """mpi4py's MPI module; importing it starts MPI. hpcbench's ranks use MPI only to find each
-    other (ranks, hosts, rank 0's store address): gloo or NCCL carry the gradients. So MPICH is
-    asked for its OFI netmod, unless the user chose one (MPIR_CVAR_CH4_NETMOD): with its default,
-    UCX, every node's first rank puts a 4 KB address into the PMI key-value space at start-up in
-    1 KB pieces, and Slurm's pmi2 plugin reads each PMI-1 command with a single 1024-byte read(),
-    so a piece that encodes to more than that is cut in two and every rank of the job waits in
-    MPI_Init until the time limit (seen on the test cluster). OFI's TCP address is 16 bytes.
-    Other MPI libraries ignore the variable."""
+    other (ranks, hosts, rank 0's store address): gloo or NCCL carry the gradients. So MPI's GPU
+    support is turned off (MPI_GPU_SUPPORT_OFF), and MPICH is asked for its OFI netmod, unless the
+    user chose one (MPIR_CVAR_CH4_NETMOD): with its default, UCX, every node's first rank puts a 4 KB
+    address into the PMI key-value space at start-up in 1 KB pieces, and Slurm's pmi2 plugin reads
+    each PMI-1 command with a single 1024-byte read(), so a piece that encodes to more than that is
+    cut in two and every rank of the job waits in MPI_Init until the time limit (seen on the test
+    cluster). OFI's TCP address is 16 bytes. Other MPI libraries ignore the variables."""
+    if "mpi4py.MPI" in sys.modules:
+        return sys.modules["mpi4py.MPI"]
     os.environ.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
-    from mpi4py import MPI
-
+    for name, value in MPI_GPU_SUPPORT_OFF.items():
+        os.environ.setdefault(name, value)
+    watchdog = _start_watchdog(float(os.environ.get(MPI_START_TIMEOUT_ENV, MPI_START_TIMEOUT_S)))
+    try:
+        from mpi4py import MPI
+    finally:
+        watchdog.stdin.close()  # MPI started (or failed at once): the watchdog leaves quietly
+        watchdog.wait()
     return MPI
+
+
+# The watchdog is a process of its own: mpi4py starts MPI on import while holding the GIL, so no
+# thread of this process could speak while MPI_Init hangs. It waits for its stdin to close, which
+# this process does once MPI has started (or the system does when it dies).
+_WATCHDOG = """
+import os, select, signal, sys, time
+pid, timeout_s, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], timeout_s)[0]:
+    sys.stderr.write(message + "\\n")
+    sys.stderr.flush()
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):  # then SIGKILL, if SIGTERM has not ended it within 5 s
+            time.sleep(0.1)
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rpartition(")")[2].split()[0] == "Z":
+                    break
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, FileNotFoundError):
+        pass
+"""
+
+
+def _start_watchdog(timeout_s: float) -> subprocess.Popen:
+    rank = next((os.environ[name] for name in MPI_RANK_VARIABLES if name in os.environ), "?")
+    message = (f"hpcbench: MPI did not start on {socket.gethostname()} (rank {rank}) within {timeout_s:g} s; check "
+               f"the launcher's MPI plugin (srun --mpi=...) and MPI module, or raise {MPI_START_TIMEOUT_ENV}")
+    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_s), message],
+                            stdin=subprocess.PIPE, close_fds=True)
 
 
 def launched_by_mpi() -> bool:
@@ -113,6 +166,10 @@ def exit_without_mpi_finalize(exit_code: int) -> None:
 
 def bcast(value, root: int = 0):
     return init_mpi().COMM_WORLD.bcast(value, root=root)
+
+
+def allgather(value) -> list:
+    return init_mpi().COMM_WORLD.allgather(value)
 
 
 def barrier() -> None:

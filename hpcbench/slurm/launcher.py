@@ -22,12 +22,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpcbench.config import RunConfig, to_run_config
 from hpcbench.errors import ConfigError, HpcbenchError
+from hpcbench.mpi.failures import failed_run_cause
 from hpcbench.rundir import RunDirectory, read_summary
 from hpcbench.slurm.job import HydraSlurmJob
 from hpcbench.slurm.manifest import Manifest, ManifestJob
 from hpcbench.slurm.monitor import category, stderr_tail, wait_for
 from hpcbench.slurm.nodes import check_nodes_available
-from hpcbench.slurm.resources import SlurmRequest, derive_request
+from hpcbench.slurm.resources import SlurmRequest, check_compute_environment, derive_request
 from hpcbench.slurm.sbatch import sbatch_script
 
 log = logging.getLogger("hpcbench")
@@ -76,10 +77,15 @@ def plan_job(hydra_context: HydraContext, master: DictConfig, num: int, override
     run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
     job_config = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
     try:
-        derived = derive_request(to_run_config(job_config)) if is_hpcbench_config(job_config) else SlurmRequest()
+        if is_hpcbench_config(job_config):
+            run = to_run_config(job_config)
+            request = derive_request(run).with_overrides(resources)
+            check_compute_environment(run, request)
+        else:
+            request = SlurmRequest().with_overrides(resources)
     except ConfigError as error:
         raise ConfigError(f"job #{num} ({' '.join(filter_overrides(overrides))}): {error}") from None
-    return PlannedJob(num, list(overrides), run_dir, derived.with_overrides(resources))
+    return PlannedJob(num, list(overrides), run_dir, request)
 
 
 def group_by_request(jobs: List[PlannedJob]) -> Dict[SlurmRequest, List[PlannedJob]]:
@@ -100,7 +106,10 @@ def _job_return(job: PlannedJob, status: JobStatus, value: Any) -> JobReturn:
 def why_failed(job: PlannedJob, handle: Any) -> str:
     """The run's own one-line error (for DDP: the rank that failed first) with where its log is;
     the tail of the job's stderr when the run could not say (it never started, it was killed)."""
-    error = read_summary(job.run_dir).get("error") if job.run_dir.is_dir() else None
+    error = None
+    if job.run_dir.is_dir():  # a DDP run's ranks may have stopped before rank 0 could write the summary
+        error = read_summary(job.run_dir).get("error") or failed_run_cause(
+            job.run_dir, job.request.nodes * job.request.tasks_per_node)
     if error:
         return f"{error} (log: {handle.paths.stderr})"
     return "stderr tail:\n" + stderr_tail(handle)
@@ -113,7 +122,10 @@ def print_dry_run(groups: Dict[SlurmRequest, List[PlannedJob]], folder: Path, op
         script = sbatch_script(request, options.name, folder, len(jobs) if len(jobs) > 1 else None,
                                options.signal_delay_s)
         for job in jobs:
-            out.write(f"\n{job.label}\n  resources: {request.describe()}\n  run dir:   {job.run_dir}\n")
+            out.write(f"\n{job.label}\n  resources: {request.describe()}\n  run dir:   {job.run_dir}\n"
+                      f"  python:    {request.python or sys.executable}\n")
+            if request.gpu_binding():
+                out.write(f"  GPU binding: {request.gpu_binding()}\n")
             out.write("  sbatch script:\n" + "".join(f"    {line}\n" for line in script.splitlines()))
     out.flush()
 
@@ -152,7 +164,8 @@ class SlurmSweep:
         callable_job = HydraSlurmJob(self.hydra_context, self.task_function, self.config)
         submitted = []
         for request, jobs in groups.items():
-            executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=self.options.max_num_timeout)
+            executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=self.options.max_num_timeout,
+                                              python=request.python)
             parameters = request.sbatch_parameters(self.options.name)
             if self.options.max_num_timeout == 0:
                 # No requeues asked for: Slurm must not requeue after a node failure either (its

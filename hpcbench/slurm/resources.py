@@ -2,11 +2,14 @@
 and the checks that refuse a request the hardware profile cannot hold before anything is submitted."""
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from hpcbench.config import PartitionConfig, RunConfig, run_partition
+from hpcbench.config import PartitionConfig, RunConfig, collective_timeout, run_partition
 from hpcbench.errors import ConfigError
+from hpcbench.gpu_support import profile_capability, torch_build
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class SlurmRequest:
     setup: Tuple[str, ...] = ()
     srun_args: Tuple[str, ...] = ()  # e.g. --mpi=pmi2 for the ranks of a DDP job
     additional_parameters: Tuple[Tuple[str, Any], ...] = ()  # any other sbatch option, as (name, value)
+    python: Optional[str] = None  # the compute nodes' interpreter; None: the one that submits
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -42,11 +46,26 @@ class SlurmRequest:
         return (f"partition={self.partition or '(default)'} nodes={self.nodes} tasks/node={self.tasks_per_node}"
                 f"{cpus}{gpus}{memory} time={self.timeout_min}min{srun}")
 
+    def step_srun_args(self) -> Tuple[str, ...]:
+        """srun's options for the job's tasks. --cpus-per-task is repeated there: srun of Slurm
+        22.05 - 23.02 does not take it from the batch job, so every task would get one core."""
+        if self.cpus_per_task and not any(arg == "-c" or arg.startswith("--cpus-per-task") for arg in self.srun_args):
+            return (f"--cpus-per-task={self.cpus_per_task}", *self.srun_args)
+        return self.srun_args
+
+    def gpu_binding(self) -> str:
+        """What the dry run says about GPUs and ranks (gpu_support.gpu_index is the rule)."""
+        if not (self.gpus_per_node or self.gres):
+            return ""
+        if any(arg.startswith(("--gpus-per-task", "--gpu-bind")) for arg in self.srun_args):
+            return "per task (srun): each rank sees its own GPU only, as cuda:0"
+        return "none: each rank sees all of its node's GPUs and uses the one of its local rank"
+
     def sbatch_parameters(self, job_name: str) -> Dict[str, Any]:
         """Parameters of submitit's SlurmExecutor (its names are sbatch's, with underscores)."""
         params: Dict[str, Any] = {"job_name": job_name, "nodes": self.nodes, "ntasks_per_node": self.tasks_per_node,
                                   "time": self.timeout_min, "setup": list(self.setup),
-                                  "srun_args": list(self.srun_args)}
+                                  "srun_args": list(self.step_srun_args())}
         optional = {"partition": self.partition, "cpus_per_task": self.cpus_per_task,
                     "mem": f"{self.mem_gb}GB" if self.mem_gb else None, "account": self.account, "qos": self.qos,
                     "constraint": self.constraint, "comment": self.comment, "exclude": self.exclude,
@@ -102,6 +121,7 @@ def derive_request(run: RunConfig) -> SlurmRequest:
         constraint=hardware.constraint,
         setup=tuple(hardware.setup),
         srun_args=srun_rank_args(run) if run.mode.name == "ddp" else (),
+        python=hardware.python,
     )
     check_capacity(run, request, partition)
     return request
@@ -118,7 +138,7 @@ def srun_rank_args(run: RunConfig) -> Tuple[str, ...]:
     leaves the others waiting there until the job's time limit (seen with Slurm's pmi2 plugin,
     which takes each PMI-1 command from a single read(), so a command that arrives in two pieces
     is garbage to it)."""
-    return f"--mpi={run.hardware.srun_mpi}", f"--wait={run.mode.collective_timeout_s + RANK_EXIT_GRACE_S}"
+    return f"--mpi={run.hardware.srun_mpi}", f"--wait={collective_timeout(run) + RANK_EXIT_GRACE_S}"
 
 
 def check_capacity(run: RunConfig, request: SlurmRequest, partition: PartitionConfig) -> None:
@@ -145,3 +165,22 @@ def check_capacity(run: RunConfig, request: SlurmRequest, partition: PartitionCo
         raise ConfigError(
             f"hardware.time_limit_min={request.timeout_min} exceeds the {partition.time_limit_min} min limit of {where}"
         )
+
+
+def check_compute_environment(run: RunConfig, request: SlurmRequest) -> None:
+    """The interpreter the jobs will run exists, and for GPU jobs its torch has kernels for the
+    partition's GPUs (known from gpu_type or gpu_capability): refused here, in one line, rather
+    than after the job has waited for its allocation."""
+    python = request.python or sys.executable
+    if not Path(python).is_file():
+        raise ConfigError(f"hardware.python={python} does not exist on this host: create that environment on a file "
+                          f"system the compute nodes share, or set hardware.python to their interpreter")
+    if run.mode.device != "cuda":
+        return
+    _, partition = run_partition(run)
+    capability = profile_capability(partition.gpu_type, partition.gpu_capability)
+    if capability is None:
+        return
+    problem = torch_build(python).problem_on(capability, (partition.gpu_type or "GPU").upper())
+    if problem is not None:
+        raise ConfigError(f"{python}: {problem}")

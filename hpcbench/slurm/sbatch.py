@@ -15,9 +15,12 @@ def submitit_command(folder: Path, python: str = sys.executable) -> str:
 
 
 def sbatch_script(request: SlurmRequest, job_name: str, folder: Path, array_size: Optional[int] = None,
-                  signal_delay_s: int = 90, python: str = sys.executable) -> str:
+                  signal_delay_s: int = 90, python: Optional[str] = None) -> str:
+    """The script calls the request's interpreter (the profile's hardware.python), else `python`,
+    else this one."""
     # submitit's own generator, so the dry run shows exactly what a submission writes.
     from submitit.slurm.slurm import _make_sbatch_string
 
+    python = request.python or python or sys.executable
     return _make_sbatch_string(command=submitit_command(folder, python), folder=folder, map_count=array_size,
                                signal_delay_s=signal_delay_s, **request.sbatch_parameters(job_name))

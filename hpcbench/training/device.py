@@ -8,11 +8,13 @@ import socket
 import torch
 
 from hpcbench.errors import DeviceError
+from hpcbench.gpu_support import check_device_runs, gpu_index
 from hpcbench.mpi.topology import Topology
 
 
 def select_device(device: str, topology: Topology, mode: str = "") -> torch.device:
-    """cpu, or the CUDA device of this process's local rank (one rank per GPU)."""
+    """cpu, or this rank's own GPU (one rank per GPU, under any GPU binding: gpu_support.gpu_index),
+    after checking that this torch build has kernels for it."""
     if device != "cuda":
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -20,13 +22,10 @@ def select_device(device: str, topology: Topology, mode: str = "") -> torch.devi
             f"mode={mode or device} needs a CUDA device, but none is visible on {socket.gethostname()} "
             f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use mode=cpu or run on a GPU node"
         )
-    if topology.local_rank >= torch.cuda.device_count():
-        raise DeviceError(
-            f"rank {topology.rank} is local rank {topology.local_rank} but this node has "
-            f"{torch.cuda.device_count()} GPU(s): start at most one rank per GPU"
-        )
-    torch.cuda.set_device(topology.local_rank)
-    return torch.device("cuda", topology.local_rank)
+    index = gpu_index(topology.local_rank, topology.local_size, torch.cuda.device_count())
+    check_device_runs(torch.cuda.get_device_capability(index), torch.cuda.get_device_name(index))
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def synchronize(device: torch.device) -> None:

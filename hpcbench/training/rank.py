@@ -6,13 +6,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
 import torch.distributed as dist
 
-from hpcbench.config import RunConfig
-from hpcbench.errors import ConfigError, HpcbenchError
-from hpcbench.mpi.failures import clear_failures
+from hpcbench.config import RunConfig, collective_timeout
+from hpcbench.errors import ConfigError, DeviceError, HpcbenchError
+from hpcbench.mpi.failures import clear_failures, one_line, record_failure
 from hpcbench.mpi.process_group import init_process_group, resolve_backend, shutdown
-from hpcbench.mpi.topology import exit_without_mpi_finalize, mpi_topology
+from hpcbench.mpi.topology import Topology, allgather, exit_without_mpi_finalize, mpi_topology
 from hpcbench.rundir import RunSummary, read_summary
 from hpcbench.training.device import select_device
 from hpcbench.training.signals import Interrupted
@@ -35,8 +36,13 @@ def train_rank(cfg: RunConfig, out_dir: Path,
     topology = mpi_topology(cfg.mode.ranks)
     if configure_logging is not None:
         configure_logging(topology.is_main)
-    select_device(cfg.mode.device, topology, cfg.mode.name)  # NCCL wants the GPU chosen before the group starts
-    store = init_process_group(topology, resolve_backend(cfg.mode.backend, cfg.mode.device), cfg.mode.collective_timeout_s)
+    try:
+        device = agreed_device(cfg, topology)  # NCCL wants the GPU chosen before the group starts
+    except DeviceError as error:
+        record_failure(out_dir, topology.rank, topology.hosts[topology.rank], error)
+        raise RankFailed(str(error), quiet=not topology.is_main, exit_code=error.exit_code) from error
+    store = init_process_group(topology, resolve_backend(cfg.mode.backend, cfg.mode.device),
+                               collective_timeout(cfg), device, cfg.hardware.network_variables())
     topology = replace(topology, store_address=store)
     if topology.is_main:  # an earlier attempt's failure records would be read as this one's
         clear_failures(out_dir)
@@ -53,3 +59,20 @@ def train_rank(cfg: RunConfig, out_dir: Path,
     finally:
         shutdown()
     return summary if topology.is_main else None
+
+
+def agreed_device(cfg: RunConfig, topology: Topology) -> torch.device:
+    """Every rank's device, chosen and checked before the process group starts, and the outcome
+    agreed over MPI: a rank that cannot use its GPU (none bound to it, a torch build without its
+    kernels) stops every rank at once with its one line, where otherwise the others would wait for
+    it in the process group's start-up until the job's time limit."""
+    try:
+        device, problem = select_device(cfg.mode.device, topology, cfg.mode.name), ""
+    except Exception as error:  # any: CUDA's own (a GPU busy in exclusive mode) as well as hpcbench's
+        reason = str(error) if isinstance(error, DeviceError) else one_line(error)
+        device, problem = None, f"rank {topology.rank} on {topology.hosts[topology.rank]}: {reason}"
+    problems = [line for line in allgather(problem) if line]
+    if problems:
+        raise DeviceError(problems[0])
+    assert device is not None
+    return device

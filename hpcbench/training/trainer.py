@@ -23,7 +23,7 @@ from hpcbench.data.sampling import MIN_TRAIN_BATCH, DataPipeline
 from hpcbench.errors import ConfigError, HpcbenchError
 from hpcbench.models import build_configured_model, check_input_size, check_pretrained_available, unwrap
 from hpcbench.mpi.failures import failure_line, one_line
-from hpcbench.mpi.process_group import all_reduce_sum
+from hpcbench.mpi.process_group import all_reduce_sum, wait_for_main_rank
 from hpcbench.mpi.topology import SERIAL, Topology, threads_per_rank
 from hpcbench.progress import Progress
 from hpcbench.rundir import EpochMetrics, RunSummary
@@ -282,6 +282,9 @@ def _train_epochs(cfg: RunConfig, record: RunRecord, pipeline: DataPipeline, dev
         )
         record.record_epoch(metrics, model, optimizer, step_fn.scaler, pipeline.classes,
                             energy_of_all_ranks(energy, topology, device))
+        # Rank 0 alone writes the metrics and checkpoints; the others wait for it in the store, so that
+        # a slow write cannot trip their next collective's timeout.
+        wait_for_main_rank(topology, f"epoch-{epoch}-recorded")
         if topology.is_main:
             log.info(
                 "%s train_loss %.4f train_acc %.4f test_loss %.4f test_acc %.4f lr %.1e %.1fs %.1f img/s",

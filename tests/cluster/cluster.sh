@@ -21,6 +21,7 @@ BRIDGE=hpcbr0
 SUBNET=10.250.0
 CONTROLLER_IP=$SUBNET.254
 CPUS=${HPCBENCH_CLUSTER_CPUS:-4}
+GPUS=2  # placeholder GPUs per host (make_gpu_placeholders)
 STATE=/run/hpcbench-cluster
 CONF=/etc/slurm/slurm.conf
 DBD_CONF=/etc/slurm/slurmdbd.conf
@@ -124,7 +125,8 @@ InactiveLimit=0
 MinJobAge=300
 KillWait=5
 Waittime=0
-NodeName=DEFAULT CPUs=${CPUS} Boards=1 SocketsPerBoard=1 CoresPerSocket=${CPUS} ThreadsPerCore=1 RealMemory=${memory} State=UNKNOWN
+GresTypes=gpu
+NodeName=DEFAULT CPUs=${CPUS} Boards=1 SocketsPerBoard=1 CoresPerSocket=${CPUS} ThreadsPerCore=1 RealMemory=${memory} Gres=gpu:${GPUS} State=UNKNOWN
 EOF
     for i in $(seq "$n"); do
         echo "NodeName=node$i NodeAddr=$SUBNET.$i NodeHostname=node$i" >>"$CONF"
@@ -133,6 +135,7 @@ EOF
     # `ip netns exec` mounts a fresh /sys that hides /sys/fs/cgroup: name the plugin, or slurmd's
     # autodetection fails.
     echo "CgroupPlugin=cgroup/v1" >/etc/slurm/cgroup.conf
+    make_gpu_placeholders
     cat >"$DBD_CONF" <<EOF
 AuthType=auth/munge
 DbdHost=${CONTROLLER}
@@ -147,6 +150,19 @@ StoragePass=slurm
 StorageLoc=slurm_acct_db
 EOF
     chmod 600 "$DBD_CONF"
+}
+
+# Each host declares GPUS GPUs as Slurm generic resources, backed by placeholder device files (no
+# driver behind them; the cgroup device constraint is off): Slurm itself then sets each task's
+# CUDA_VISIBLE_DEVICES under --gpus-per-task / --gpu-bind, so the GPU every rank would pick can be
+# tested against real Slurm without a GPU (hardware=ci_cluster_gpu).
+make_gpu_placeholders() {
+    local i
+    install -d "$STATE/gpu"
+    for i in $(seq 0 $((GPUS - 1))); do
+        [ -e "$STATE/gpu/nvidia$i" ] || mknod "$STATE/gpu/nvidia$i" c 195 "$i"
+    done
+    echo "Name=gpu File=$STATE/gpu/nvidia[0-$((GPUS - 1))]" >/etc/slurm/gres.conf
 }
 
 start_mariadb() {
