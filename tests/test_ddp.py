@@ -37,7 +37,8 @@ def _mpiexec(args: list[str], cwd: Path, ranks: int = 2, timeout: float = 300, e
 
 
 def test_two_rank_run_writes_a_complete_run_directory(tmp_path):
-    result = run_cli(DDP, tmp_path)
+    # The profile's choice of NCCL's interface reaches every rank (and env.json), under gloo too.
+    result = run_cli([*DDP, "hardware.nccl_socket_ifname=lo"], tmp_path)
     assert result.returncode == 0, result.stderr
     [run_dir] = run_dirs(tmp_path / "outputs")
     summary = read_json(run_dir / "summary.json")
@@ -48,6 +49,8 @@ def test_two_rank_run_writes_a_complete_run_directory(tmp_path):
     assert (run_dir / "checkpoints" / "best.pt").is_file()
     env = read_json(run_dir / "env.json")
     assert env["mpi"].startswith("MPICH")
+    assert env["communication"]["NCCL_SOCKET_IFNAME"] == "lo"
+    assert env["communication"]["MPIR_CVAR_ENABLE_GPU"] == "0"  # ranks use MPI only to find each other
     # Two ranks share this machine's cores: each runs its share, and env.json says so.
     assert env["torch_threads"] == summary["cores_per_rank"] == max(1, len(os.sched_getaffinity(0)) // 2)
     log = (run_dir / "train.log").read_text()

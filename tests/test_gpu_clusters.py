@@ -217,3 +217,19 @@ def test_ddp_ranks_that_cannot_use_their_gpus_stop_together_and_say_why_in_one_l
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"hpcbench-train: error: rank 0 on {socket.gethostname()}: mode=ddp needs a CUDA device"), last
     assert sorted(path.name for path in (run_dir / "ranks").glob("*.json")) == ["rank0.json", "rank1.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_slurm_job_whose_ranks_cannot_use_their_gpus_is_reported_with_the_ranks_line(tmp_path):
+    # The placeholder GPUs have no device behind them: every rank stops at start, before rank 0
+    # writes a summary; the launcher reads the ranks' records instead of a stderr tail.
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=1", "hydra.launcher.max_num_timeout=0",
+                      "hardware=ci_cluster_gpu", "mode=ddp", f"hydra.sweep.dir={sweep}", *TINY], tmp_path, timeout=300)
+    assert result.returncode != 0
+    failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED ")]
+    assert len(failed) == 1 and ": rank 0 on node" in failed[0] and "needs a CUDA device" in failed[0], result.stderr
+    assert sorted(path.name for path in (sweep / "0" / "ranks").glob("*.json")) == ["rank0.json", "rank1.json"]
