@@ -31,6 +31,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 MPI_LAUNCHERS = ("mpiexec", "mpirun", "srun")
 KEEP_CHECKPOINTS = ("best", "resumable", "all")
+TRACKERS = ("none", "mlflow")
 
 Choices = Union[Tuple[str, ...], Callable[[], Iterable[str]]]
 
@@ -190,6 +191,19 @@ class TrainConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where runs are logged besides their run directory, which stays the record: the tracker
+    gets a copy of it (hpcbench.tracking), now or later."""
+
+    name: str = one_of("none", TRACKERS)
+    uri: Optional[str] = None  # MLflow tracking URI (http://host:5000, sqlite:///path); tracking=mlflow sets it
+    experiment: Optional[str] = None  # MLflow experiment; None: experiment_name
+    # Log nothing while training (compute nodes that cannot reach the tracker); hpcbench-report
+    # --mlflow URI uploads the run directories later.
+    offline: bool = False
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = "."
     data_dir: str = "data"
@@ -205,6 +219,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     experiment_name: str = "default"
 
 

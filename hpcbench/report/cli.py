@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", type=float, default=None,
                         help="time to accuracy: the target (default: the baseline's best minus the tolerance)")
     parser.add_argument("--title", default="hpcbench report")
+    parser.add_argument("--mlflow", metavar="URI", default=None,
+                        help="also log the runs (children of their sweep's run) and this report to MLflow at URI")
+    parser.add_argument("--mlflow-experiment", metavar="NAME", default=None,
+                        help="MLflow experiment (default: the runs' tracking.experiment, else experiment_name)")
     return parser
 
 
@@ -80,9 +84,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = _parser().parse_args(argv)
     try:
         report = write_report(args.paths, args.out, args.baseline, args.tolerance, args.title, args.target)
+        print(report)
+        if args.mlflow:
+            from hpcbench.tracking.upload import upload  # mlflow is an extra: imported only when asked
+
+            print(upload(args.paths, args.out, args.mlflow, args.mlflow_experiment))
     except HpcbenchError as error:
         fail("hpcbench-report", str(error))
-    print(report)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def find_run_dirs(root: Path) -> List[Path]:
     return sorted(found)
 
 
-def _read_json(path: Path) -> dict:
+def read_json_file(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -54,7 +54,7 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path.name} is unreadable or not valid JSON ({error})") from None
 
 
-def _read_metrics(path: Path) -> List[dict]:
+def read_metrics_file(path: Path) -> List[dict]:
     records = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         try:
@@ -64,7 +64,7 @@ def _read_metrics(path: Path) -> List[dict]:
     return records
 
 
-def _read_config(run_dir: Path) -> dict:
+def read_run_config(run_dir: Path) -> dict:
     for path in (run_dir / RESOLVED_CONFIG, run_dir / ".hydra" / "config.yaml"):
         if path.is_file():
             try:
@@ -80,7 +80,7 @@ def _read_config(run_dir: Path) -> dict:
 def _read_run(run_dir: Path, name: str):
     """(row, metrics, env) of a completed run; raises a Problem for anything else."""
     try:
-        summary = _read_json(run_dir / SUMMARY)
+        summary = read_json_file(run_dir / SUMMARY)
     except FileNotFoundError:
         return Problem(name, "incomplete", "no summary.json: not started, or stopped before training")
     except ValueError as error:
@@ -92,9 +92,9 @@ def _read_run(run_dir: Path, name: str):
     if status != "completed":
         return Problem(name, status, summary.get("error") or f"status {status}")
     try:
-        config = _read_config(run_dir)
-        metrics = _read_metrics(run_dir / METRICS)
-        env = _read_json(run_dir / ENV) if (run_dir / ENV).is_file() else {}
+        config = read_run_config(run_dir)
+        metrics = read_metrics_file(run_dir / METRICS)
+        env = read_json_file(run_dir / ENV) if (run_dir / ENV).is_file() else {}
         if len(metrics) != summary.get("epochs"):
             return Problem(name, "corrupt", f"metrics.jsonl has {len(metrics)} epochs, summary.json says {summary.get('epochs')}")
         return run_row(name, config, summary, metrics, env), metrics, env

@@ -17,7 +17,7 @@ EXPLAINED = ("comm_exposed_share", "comm_overlap_share", "straggler_ratio", "gra
              "busbw_gbps", "allreduce_latency_s", "nominal_busbw_gbps", "device_hours", "energy_j")
 
 # Config keys that do not change the workload: runs differing only in these belong to one study.
-NOT_WORKLOAD = ("mode", "hardware", "batch_size", "paths", "experiment_name")
+NOT_WORKLOAD = ("mode", "hardware", "batch_size", "paths", "tracking", "experiment_name")
 # The large-batch rule is how a configuration scales its learning rate, not the workload: a study
 # compares "2 ranks, linear rule" with "2 ranks, no rule".
 POLICY_KEYS = (("train", "lr_scaling"), ("train", "warmup_epochs"), ("train", "base_batch"))

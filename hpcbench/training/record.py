@@ -30,6 +30,7 @@ from hpcbench.rundir import (
     RunDirectory,
     RunSummary,
 )
+from hpcbench.tracking.live import start_tracking
 from hpcbench.training.breakdown import explain
 from hpcbench.training.checkpoint import resumable_state, weights_state
 from hpcbench.training.cost import EnergyReading, device_hours
@@ -70,6 +71,7 @@ class RunRecord:
             started_at=datetime.now().isoformat(timespec="seconds"),
             hostname=socket.gethostname(),
         )
+        self.tracker = start_tracking(cfg, out_dir if topology.is_main else None)
         if self.run_dir is not None:
             self.run_dir.write_config(cfg)
             self.run_dir.write_json("env.json", {**collect_environment(), "rank_hosts": list(topology.hosts),
@@ -79,6 +81,7 @@ class RunRecord:
     def write(self) -> None:
         if self.run_dir is not None:
             self.run_dir.write_summary(self.summary)
+            self.tracker.changed()
 
     def data_ready(self, pipeline: DataPipeline) -> None:
         self.summary.train_images, self.summary.test_images = pipeline.num_train, pipeline.num_test
@@ -168,3 +171,4 @@ class RunRecord:
         if status == "completed" and self.run_dir is not None:
             self.run_dir.prune_checkpoints(self.cfg.train.keep_checkpoints)
         self.write()
+        self.tracker.close()

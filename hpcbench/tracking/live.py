@@ -1,0 +1,93 @@
+"""Rank 0 logs its run to the tracker while it trains, never waiting for it: a background thread
+brings the run's MLflow run up to date with the run directory (mlflow_run.RunSync) whenever the
+record changes. A tracker that cannot be reached is retried, then left alone for the rest of the
+run, and the log says so once; the run directory still holds everything, for a later upload
+(`hpcbench-report RUN_DIR --out DIR --mlflow URI`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from hpcbench.config import RunConfig
+
+log = logging.getLogger("hpcbench")
+
+# The parent run of the sweep a job belongs to (set by sweep.MlflowSweepCallback in the process
+# that starts the sweep; jobs inherit it, on Slurm through sbatch's exported environment).
+PARENT_RUN_ENV = "HPCBENCH_MLFLOW_PARENT_RUN_ID"
+RETRY_PAUSES_S = (1.0, 3.0)  # the pauses before the second and third attempt of a sync
+CLOSE_WAIT_S = 60.0  # the most the end of a run waits for its last sync
+
+
+class NoTracker:
+    """tracking=none, tracking.offline=true, and ranks other than 0."""
+
+    def changed(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class LiveTracker:
+    def __init__(self, uri: str, experiment: str, run_dir: Path, parent_id: Optional[str]):
+        self.uri, self.experiment, self.run_dir, self.parent_id = uri, experiment, Path(run_dir), parent_id
+        self._sync = None  # mlflow_run.RunSync, once connected
+        self._wake, self._done = threading.Event(), threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="hpcbench-mlflow", daemon=True)
+        self._thread.start()
+
+    def changed(self) -> None:
+        """The run directory changed: sync it (soon, in the background)."""
+        self._wake.set()
+
+    def close(self) -> None:
+        """The run has ended: one last sync, waited for at most CLOSE_WAIT_S."""
+        self._closing = True
+        self._wake.set()
+        self._done.wait(CLOSE_WAIT_S)
+
+    def _work(self) -> None:
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                closing = self._closing
+                if not self._sync_with_retries() or closing:
+                    return
+        finally:
+            self._done.set()
+
+    def _sync_with_retries(self) -> bool:
+        error: Optional[BaseException] = None
+        for pause in (0.0, *RETRY_PAUSES_S):
+            time.sleep(pause)
+            try:
+                if self._sync is None:
+                    from hpcbench.tracking.mlflow_run import RunSync, connect, experiment_id
+
+                    client = connect(self.uri)
+                    self._sync = RunSync(client, experiment_id(client, self.experiment), self.run_dir, self.parent_id)
+                self._sync.sync()
+                return True
+            except Exception as failure:  # whatever the tracker does, the run goes on
+                error = failure
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log.warning("MLflow tracking at %s failed (%s); the run goes on without it. Upload it later with: "
+                    "hpcbench-report %s --out REPORT_DIR --mlflow %s", self.uri, reason[:300], self.run_dir, self.uri)
+        return False
+
+
+def start_tracking(cfg: RunConfig, run_dir: Optional[Path]):
+    """The tracker of a run's rank 0 (`run_dir` is None on the other ranks)."""
+    tracking = cfg.tracking
+    if run_dir is None or tracking.name == "none" or tracking.offline:
+        return NoTracker()
+    return LiveTracker(tracking.uri or "", tracking.experiment or cfg.experiment_name, run_dir,
+                       os.environ.get(PARENT_RUN_ENV))

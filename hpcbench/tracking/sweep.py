@@ -1,0 +1,50 @@
+"""A sweep as MLflow's parent run: a Hydra callback (tracking=mlflow adds it to hydra.callbacks)
+that creates the parent run in the process that starts the sweep, before any job runs, and hands
+its id to the jobs through the environment (live.PARENT_RUN_ENV): local jobs inherit it, Slurm
+jobs get it through sbatch's exported environment. Jobs on many nodes therefore never race to
+create it."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from hpcbench.tracking.live import PARENT_RUN_ENV
+
+log = logging.getLogger("hpcbench")
+
+
+def _experiment(config: DictConfig) -> str:
+    return config.tracking.experiment or config.experiment_name
+
+
+class MlflowSweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.tracking.name != "mlflow" or config.tracking.offline:
+            return
+        from hpcbench.tracking.mlflow_run import connect, experiment_id, sweep_parent
+
+        try:
+            client = connect(config.tracking.uri)
+            parent = sweep_parent(client, experiment_id(client, _experiment(config)), Path(config.hydra.sweep.dir))
+        except Exception as error:  # the tracker never stops a sweep
+            log.warning("MLflow tracking at %s failed (%s): the sweep's runs will have no parent run",
+                        config.tracking.uri, str(error).strip().splitlines()[0] if str(error).strip() else error)
+            return
+        os.environ[PARENT_RUN_ENV] = parent
+        log.info("MLflow: sweep %s is parent run %s at %s", config.hydra.sweep.dir, parent, config.tracking.uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        parent = os.environ.pop(PARENT_RUN_ENV, None)
+        if parent is None:
+            return
+        from hpcbench.tracking.mlflow_run import connect
+
+        try:
+            connect(config.tracking.uri).set_terminated(parent)
+        except Exception as error:
+            log.warning("MLflow: could not end the sweep's parent run %s (%s)", parent, error)
