@@ -40,6 +40,9 @@ class LiveTracker:
         self._sync = None  # mlflow_run.RunSync, once connected
         self._wake, self._done = threading.Event(), threading.Event()
         self._closing = False
+        # What tracking costs: syncs done and the CPU seconds of this thread, the first sync (which
+        # imports mlflow and connects) apart
+        self.syncs, self.cpu_s, self.first_cpu_s = 0, 0.0, 0.0
         self._thread = threading.Thread(target=self._work, name="hpcbench-mlflow", daemon=True)
         self._thread.start()
 
@@ -59,9 +62,18 @@ class LiveTracker:
                 self._wake.wait()
                 self._wake.clear()
                 closing = self._closing
-                if not self._sync_with_retries() or closing:
+                started = time.thread_time()
+                synced = self._sync_with_retries()
+                spent = time.thread_time() - started
+                self.syncs, self.cpu_s = self.syncs + 1, self.cpu_s + spent
+                if self.syncs == 1:
+                    self.first_cpu_s = spent
+                if not synced or closing:
                     return
         finally:
+            if self.syncs:
+                log.info("MLflow tracking: %d sync(s), %.2f s of CPU in the background (%.2f s the first: import, "
+                         "connection)", self.syncs, self.cpu_s, self.first_cpu_s)
             self._done.set()
 
     def _sync_with_retries(self) -> bool:
