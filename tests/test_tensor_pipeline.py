@@ -91,6 +91,17 @@ def test_epoch_shards_are_disjoint_cover_the_data_and_change_per_epoch():
     assert per_epoch[0] != per_epoch[1]
 
 
+def test_each_rank_holds_and_evaluates_only_its_shard_of_the_test_set():
+    run = compose_run([*TINY, "mode=ddp", "mode.device=cpu", "data.limit_test=65"])
+    whole = torch.cat([images for images, _ in build_pipeline(run, 0, 1, CPU).test_loader])
+    pipelines = [build_pipeline(run, rank, 2, CPU) for rank in range(2)]
+    assert [len(p.test_loader.images) for p in pipelines] == [33, 32]  # not 65 on each
+    assert all(p.num_test == 65 for p in pipelines)
+    seen = [torch.cat([images for images, _ in p.test_loader]) for p in pipelines]
+    assert sorted(map(tuple, torch.cat(seen).flatten(1)[:, ::97].tolist())) == sorted(
+        map(tuple, whole.flatten(1)[:, ::97].tolist()))  # together, every test image once
+
+
 def _cifar_run(tmp_path, cifar_root, name, overrides):
     run = compose_run(["data=image_folder", f"data.root={cifar_root}", "data.image_size=32", "data.limit_train=2500",
                        "data.limit_test=1000", "model=resnet18", "train.lr=1e-3", "train.epochs=2",

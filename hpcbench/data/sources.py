@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Protocol, Sequence, Tuple
+from typing import List, Optional, Protocol, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -213,15 +213,6 @@ class Cifar10Source:
 
     def cache_path(self, indices: Sequence[int], split: str) -> Optional[Path]:
         return None  # already one array in memory
-
-
-def open_sources(data: DataConfig) -> Tuple[ImageSource, ImageSource]:
-    """(train, test) of the data set `data` names, or of the user's own (`data._target_`)."""
-    if data._target_:
-        from hpcbench.data.custom import open_custom_sources
-
-        return open_custom_sources(data)
-    return open_source(data, "train"), open_source(data, "test")
 
 
 def open_source(data: DataConfig, split: str) -> ImageSource:

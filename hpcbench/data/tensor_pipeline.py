@@ -69,11 +69,12 @@ def build_tensor_pipeline(run: RunConfig, train_source: ImageSource, test_source
     splits = {}
     for split, source, limit in (("train", train_source, data.limit_train), ("test", test_source, data.limit_test)):
         indices = balanced_first_n(source.labels, limit)
-        images = load_uint8(source, indices, split).to(device)
-        labels = torch.tensor([source.labels[i] for i in indices], device=device)
-        splits[split] = (images, labels)
-    train_images, train_labels = splits["train"]
-    test_images, test_labels = splits["test"]
+        splits[split] = (load_uint8(source, indices, split), torch.tensor([source.labels[i] for i in indices]))
+    train_images, train_labels = (tensor.to(device) for tensor in splits["train"])
+    # A rank evaluates only its shard of the test set, so only that shard goes to its device.
+    all_test_images, all_test_labels = splits["test"]
+    shard = torch.tensor(list(ShardSampler(len(all_test_labels), rank, world_size)), dtype=torch.long)
+    test_images, test_labels = all_test_images[shard].to(device), all_test_labels[shard].to(device)
     sampler = train_shard_sampler(len(train_labels), rank, world_size, run.train.seed)
     batch = per_device_batch(run)
 
@@ -86,7 +87,8 @@ def build_tensor_pipeline(run: RunConfig, train_source: ImageSource, test_source
         train.transform = lambda images: augment(images, size, train.generator)
     else:
         train.transform = lambda images: resize_and_normalise(images, size)
-    shard = torch.tensor(list(ShardSampler(len(test_labels), rank, world_size)), device=device, dtype=torch.long)
-    test = TensorBatches(test_images, test_labels, batch, len(shard), lambda: shard,
+    in_order = torch.arange(len(shard), device=device)
+    test = TensorBatches(test_images, test_labels, batch, len(shard), lambda: in_order,
                          lambda images: resize_and_normalise(images, size), drop_single_last=False)
-    return DataPipeline(train, test, sampler, train_source.classes, len(train_labels), len(test_labels), rank, "tensor")
+    return DataPipeline(train, test, sampler, train_source.classes, len(train_labels), len(all_test_labels), rank,
+                        "tensor")
