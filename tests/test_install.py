@@ -58,6 +58,7 @@ def test_the_wheel_ships_the_configs_and_runs_away_from_the_source_tree(installe
 
     # Hydra finds the launcher plugin of the installed package, and the launcher composes a job.
     dry = _run(installed, "hpcbench-train", "-m", "hydra/launcher=slurm", "hydra.launcher.dry_run=true",
-               "hardware=param_utkarsh", "mode=cpu,ddp", cwd=tmp_path)
+               "hardware=param_utkarsh", f"hardware.python={installed / 'python'}", "mode=cpu,ddp", "mode.device=cpu",
+               cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     assert "#SBATCH" in dry.stdout + dry.stderr

@@ -172,7 +172,7 @@ def test_a_tracker_stopped_mid_run_never_stops_the_run_and_the_rest_is_uploaded_
     server.folder.mkdir()
     server.start()
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "hpcbench.train", *TINY, "train.epochs=6", "tracking=mlflow",
+    process = subprocess.Popen([sys.executable, "-m", "hpcbench.train", *TINY, "train.epochs=4", "tracking=mlflow",
                                 f"tracking.uri={server.uri}", "tracking.experiment=stopped", f"hydra.run.dir={run_dir}"],
                                cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
@@ -192,40 +192,46 @@ def test_a_tracker_stopped_mid_run_never_stops_the_run_and_the_rest_is_uploaded_
     assert log.count("MLflow tracking at") == 1 and f"hpcbench-report {run_dir}" in log  # said once, with the fix
 
     server.start()  # the same store: the upload completes the run that was cut off
-    result = subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(run_dir), "--out", str(tmp_path / "report"),
-                             "--mlflow", server.uri], capture_output=True, text=True, timeout=300, env=cli_env(tmp_path))
+    result = _upload(run_dir, tmp_path / "report", server.uri)
     server.stop()
     assert result.returncode == 0, result.stderr
     store = MlflowClient(tracking_uri=f"sqlite:///{server.folder / 'mlflow.db'}")  # the server's own store
     [run] = [r for r in _runs(store, "stopped") if r.data.tags.get("hpcbench.run_dir")]  # (and the report's run)
-    assert _epochs(store, run.info.run_id) == [1, 2, 3, 4, 5, 6] and run.info.status == "FINISHED"
+    assert _epochs(store, run.info.run_id) == [1, 2, 3, 4] and run.info.status == "FINISHED"
 
 
-def test_an_offline_run_logs_nothing_until_it_is_uploaded(server, tmp_path):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def offline_run(server, tmp_path_factory) -> Path:
+    """A run with tracking.offline=true: it logs nothing while it trains."""
+    root = tmp_path_factory.mktemp("offline")
+    run_dir = root / "run"
     result = run_cli([*TINY, "tracking=mlflow", f"tracking.uri={server.uri}", "tracking.offline=true",
-                      "tracking.experiment=offline", f"hydra.run.dir={run_dir}"], tmp_path)
+                      "tracking.experiment=offline", f"hydra.run.dir={run_dir}"], root)
     assert result.returncode == 0, result.stderr
-    client = server.client()
-    assert _runs(client, "offline") == []
-    result = subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(run_dir), "--out", str(tmp_path / "report"),
-                             "--mlflow", server.uri], capture_output=True, text=True, timeout=300, env=cli_env(tmp_path))
-    assert result.returncode == 0, result.stderr
-    runs = _runs(client, "offline")
-    [run] = [r for r in runs if r.data.tags.get("hpcbench.run_dir") == str(run_dir.resolve())]
-    assert _epochs(client, run.info.run_id) == [1, 2] and run.info.status == "FINISHED"
-    [report] = [r for r in runs if r.data.tags.get("hpcbench.report_dir")]  # single runs: the report's own run
-    assert "report/report.md" in {a.path for a in client.list_artifacts(report.info.run_id, "report")}
+    return run_dir
 
 
-def test_an_unreachable_tracker_at_upload_is_one_line_and_the_report_is_kept(tmp_path):
-    run_dir = tmp_path / "run"
-    assert run_cli([*TINY, "train.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path).returncode == 0
+def _upload(run_dir: Path, report: Path, uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(run_dir), "--out", str(report),
+                           "--mlflow", uri], capture_output=True, text=True, timeout=300, env=cli_env(report.parent))
+
+
+def test_an_unreachable_tracker_at_upload_is_one_line_and_the_report_is_kept(offline_run, tmp_path):
     port = _free_port("127.0.0.1")
-    result = subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(run_dir), "--out", str(tmp_path / "report"),
-                             "--mlflow", f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120,
-                            env=cli_env(tmp_path))
+    result = _upload(offline_run, tmp_path / "report", f"http://127.0.0.1:{port}")
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"hpcbench-report: error: MLflow at http://127.0.0.1:{port}: ") and "report" in last
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_an_offline_run_logs_nothing_until_it_is_uploaded(server, offline_run, tmp_path):
+    client = server.client()
+    assert _runs(client, "offline") == []
+    result = _upload(offline_run, tmp_path / "report", server.uri)
+    assert result.returncode == 0, result.stderr
+    runs = _runs(client, "offline")
+    [run] = [r for r in runs if r.data.tags.get("hpcbench.run_dir") == str(offline_run.resolve())]
+    assert _epochs(client, run.info.run_id) == [1, 2] and run.info.status == "FINISHED"
+    [report] = [r for r in runs if r.data.tags.get("hpcbench.report_dir")]  # single runs: the report's own run
+    assert "report/report.md" in {a.path for a in client.list_artifacts(report.info.run_id, "report")}
