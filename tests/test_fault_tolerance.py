@@ -304,3 +304,13 @@ def test_ranks_wait_for_a_slow_checkpoint_of_rank_0_longer_than_the_collective_t
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "completed" and summary["epochs"] == 2
     assert summary["total_time_s"] > 12
+
+
+def test_a_collective_timeout_is_named_by_its_cause_not_by_the_frames_torch_appends():
+    from hpcbench.mpi.failures import is_lost_peer, one_line
+
+    error = RuntimeError("Got the following error when running the callback: RuntimeError: [/gloo/transport/tcp/"
+                         "unbound_buffer.cc:78] Timed out waiting 4000ms for recv operation to complete\n\nAt:\n"
+                         "  /work/main/hpcbench/training/timing.py(186): finished\n")  # as gloo's says it under DDP
+    assert one_line(error).endswith("Timed out waiting 4000ms for recv operation to complete")
+    assert is_lost_peer(error)

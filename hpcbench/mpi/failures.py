@@ -45,7 +45,9 @@ class RankFailure:
 
 
 def one_line(error: BaseException) -> str:
-    text = str(error).strip()
+    """The error's type and its last line of message: the innermost cause of a wrapped error, but
+    not the Python frames torch appends to an error raised in a callback ("\n\nAt:\n  file(line): ...")."""
+    text = str(error).split("\n\nAt:\n")[0].strip()
     last = text.splitlines()[-1].strip() if text else ""
     return f"{type(error).__name__}: {last}" if last else type(error).__name__
 
