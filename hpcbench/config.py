@@ -10,10 +10,10 @@ composition: a bad choice or range stops the run at start with one line naming t
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
+from hpcbench.config_fields import check_fields, non_negative, one_of, positive, require
 from hpcbench.errors import ConfigError
 from hpcbench.model_names import architecture_names
 
@@ -32,26 +32,6 @@ LR_SCALING_RULES = ("none", "linear", "sqrt")
 MPI_LAUNCHERS = ("mpiexec", "mpirun", "srun")
 KEEP_CHECKPOINTS = ("best", "resumable", "all")
 TRACKERS = ("none", "mlflow")
-
-Choices = Union[Tuple[str, ...], Callable[[], Iterable[str]]]
-
-
-def one_of(default: str, choices: Choices, unless: Optional[str] = None) -> Any:
-    """A string field whose value must be one of `choices` (a tuple, or a function returning the
-    names a registry holds, called only when a config is checked); not checked when the field
-    `unless` of the same node is set (a user's own `_target_` makes `name` a free label)."""
-    return field(default=default, metadata={"choices": choices, "unless": unless})
-
-
-def positive(default: Any) -> Any:
-    """A number that must be > 0 when set."""
-    return field(default=default, metadata={"check": "positive"})
-
-
-def non_negative(default: Any) -> Any:
-    """A number that must be >= 0 when set."""
-    return field(default=default, metadata={"check": "non_negative"})
-
 
 @dataclass
 class ModeConfig:
@@ -241,49 +221,20 @@ def to_run_config(cfg) -> RunConfig:
     return run
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def check_fields(node: Any, prefix: str = "") -> None:
-    """Enforce the `one_of` / `positive` / `non_negative` declarations of `node` and its children."""
-    for spec in dataclasses.fields(node):
-        key, value = f"{prefix}{spec.name}", getattr(node, spec.name)
-        if dataclasses.is_dataclass(value):
-            check_fields(value, f"{key}.")
-        elif isinstance(value, dict):
-            for name, child in value.items():
-                if dataclasses.is_dataclass(child):
-                    check_fields(child, f"{key}.{name}.")
-        if value is None:
-            continue
-        if "choices" in spec.metadata and not (spec.metadata["unless"] and getattr(node, spec.metadata["unless"])):
-            choices = spec.metadata["choices"]
-            names = tuple(choices() if callable(choices) else choices)
-            shown = ", ".join(names) if len(names) <= 12 else ", ".join(names[:12]) + f", ... ({len(names)} in all)"
-            _require(value in names, f"{key}={value!r} is not one of {shown}")
-        check = spec.metadata.get("check")
-        if check == "positive":
-            _require(value > 0, f"{key} must be positive, got {value}")
-        elif check == "non_negative":
-            _require(value >= 0, f"{key} must be >= 0, got {value}")
-
-
 def validate(run: RunConfig) -> None:
     """The field declarations, then the rules that relate several keys."""
     check_fields(run)
-    _require(not (run.model._target_ and run.model.pretrained),
+    require(not (run.model._target_ and run.model.pretrained),
              f"model.pretrained=true loads torchvision's ImageNet weights; for model._target_={run.model._target_} "
              f"load your own weights in that function and set model.pretrained=false")
     if run.mode.name != "ddp":
-        _require(run.mode.ranks == 1, f"mode.ranks={run.mode.ranks} needs mode=ddp (mode={run.mode.name} runs one process)")
-    _require(
+        require(run.mode.ranks == 1, f"mode.ranks={run.mode.ranks} needs mode=ddp (mode={run.mode.name} runs one process)")
+    require(
         run.mode.ranks % run.mode.nodes == 0,
         f"mode.ranks={run.mode.ranks} is not divisible by mode.nodes={run.mode.nodes}",
     )
     if run.batch_size.scaling == "strong":
-        _require(
+        require(
             run.batch_size.size % run.mode.ranks == 0,
             f"batch_size.size={run.batch_size.size} (global, strong scaling) is not divisible by mode.ranks={run.mode.ranks}",
         )

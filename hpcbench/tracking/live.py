@@ -24,6 +24,12 @@ RETRY_PAUSES_S = (1.0, 3.0)  # the pauses before the second and third attempt of
 CLOSE_WAIT_S = 60.0  # the most the end of a run waits for its last sync
 
 
+def first_line(error: BaseException) -> str:
+    """A tracker's error in a log line: MLflow's messages run to many lines (request, response)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
 class NoTracker:
     """tracking=none, tracking.offline=true, and ranks other than 0."""
 
@@ -90,9 +96,9 @@ class LiveTracker:
                 return True
             except Exception as failure:  # whatever the tracker does, the run goes on
                 error = failure
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        assert error is not None
         log.warning("MLflow tracking at %s failed (%s); the run goes on without it. Upload it later with: "
-                    "hpcbench-report %s --out REPORT_DIR --mlflow %s", self.uri, reason[:300], self.run_dir, self.uri)
+                    "hpcbench-report %s --out REPORT_DIR --mlflow %s", self.uri, first_line(error), self.run_dir, self.uri)
         return False
 
 

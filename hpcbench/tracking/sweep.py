@@ -13,7 +13,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from hpcbench.tracking.live import PARENT_RUN_ENV
+from hpcbench.tracking.live import PARENT_RUN_ENV, first_line
 
 log = logging.getLogger("hpcbench")
 
@@ -33,7 +33,7 @@ class MlflowSweepCallback(Callback):
             parent = sweep_parent(client, experiment_id(client, _experiment(config)), Path(config.hydra.sweep.dir))
         except Exception as error:  # the tracker never stops a sweep
             log.warning("MLflow tracking at %s failed (%s): the sweep's runs will have no parent run",
-                        config.tracking.uri, str(error).strip().splitlines()[0] if str(error).strip() else error)
+                        config.tracking.uri, first_line(error))
             return
         os.environ[PARENT_RUN_ENV] = parent
         log.info("MLflow: sweep %s is parent run %s at %s", config.hydra.sweep.dir, parent, config.tracking.uri)

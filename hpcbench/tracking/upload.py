@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from hpcbench.errors import HpcbenchError
 from hpcbench.report.collect import find_run_dirs, read_run_config
+from hpcbench.tracking.live import first_line
 from hpcbench.tracking.mlflow_run import RunSync, connect, experiment_id, find_run, sweep_parent
 
 TAG_REPORT_DIR = "hpcbench.report_dir"
@@ -35,8 +36,7 @@ def upload(paths: List[Path], report_dir: Path, uri: str, experiment: Optional[s
     except HpcbenchError:
         raise
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TrackingError(f"MLflow at {uri}: {reason} (the report in {report_dir} is written)") from None
+        raise TrackingError(f"MLflow at {uri}: {first_line(error)} (the report in {report_dir} is written)") from None
 
 
 def _upload(paths: List[Path], report_dir: Path, uri: str, experiment: Optional[str]) -> str:
