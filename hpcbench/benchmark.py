@@ -7,6 +7,8 @@ and order hit all alike. Prints medians and ratios; needs only torch and torchvi
     python -m hpcbench.benchmark --instrumentation      # the step timing's own cost
     mpiexec -n 2 python -m hpcbench.benchmark --device cpu --instrumentation   # ... with DDP's comm hook
 
+    python -m hpcbench.benchmark --pipelines            # the data pipelines side by side (below)
+
 Recipes:
   original   PIL transforms in 2 DataLoader workers, fp32, NCHW (the study's setting)
   hpcbench   device-resident uint8 data with batched augmentation, auto precision, channels_last
@@ -14,10 +16,16 @@ Recipes:
              data pipeline is measured against (pipeline overhead = 1 - hpcbench / resident)
   untimed    (--instrumentation) hpcbench without the step timing (no marks, DDP's built-in
              all-reduce instead of the timed hook): instrumentation cost = 1 - hpcbench / untimed
+--pipelines: the same training step (auto precision, channels_last) fed by each pipeline, on each
+data set of --bench-data (benchmark_data.py): pil (2 workers), stream (JPEGs read per batch from
+the shards, 1 decode worker), compressed (JPEGs in host memory), decoded (the tensor pipeline:
+decoded-resident), step (the model step alone on batches already made); plus the decoder's
+per-core rate and the host memory each recipe added.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -25,11 +33,14 @@ import statistics
 import sys
 from dataclasses import dataclass, replace
 from datetime import date
-from typing import Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torchvision
+from tabulate import tabulate
 
+from hpcbench.benchmark_data import decode_rates, prepare
 from hpcbench.config import BatchSizeConfig, DataConfig, ModeConfig, ModelConfig, RunConfig, TrainConfig
 from hpcbench.data.pipeline import build_pipeline
 from hpcbench.environment import cpu_model
@@ -52,6 +63,7 @@ class Recipe:
     channels_last: bool
     workers: int
     resident: bool = False  # pre-augmented device batches: no pipeline in the loop
+    shards: str = ""  # --pipelines: the shard set it reads
     timed: bool = True  # the trainer's step timing (marks, timed all-reduce hook)
     compile: bool = False
 
@@ -59,7 +71,11 @@ class Recipe:
 def recipes(device: torch.device, args: argparse.Namespace) -> List[Recipe]:
     """The recipes to compare (--compile applies to hpcbench's, never to the study's own)."""
     fast = Recipe("hpcbench", "tensor", "auto", True, 0, compile=args.compile)
-    if args.instrumentation:
+    if args.pipelines:
+        chosen = [replace(fast, name="pil", pipeline="pil", workers=2), replace(fast, name="stream", pipeline="stream",
+                  workers=1), replace(fast, name="compressed", pipeline="compressed", workers=1),
+                  replace(fast, name="decoded"), replace(fast, name="step", resident=True)]
+    elif args.instrumentation:
         chosen = [fast, replace(fast, name="untimed", timed=False)]
     else:
         chosen = [Recipe("original", "pil", "fp32", False, 2), fast]
@@ -94,7 +110,7 @@ class Bench:
         if recipe.resident:
             self.pipeline.set_epoch(1, seed=0)
             loader = iter(self.pipeline.train_loader)
-            self.pipeline.train_loader = FixedBatches([next(loader) for _ in range(4)], steps)
+            self.pipeline.train_loader = FixedBatches(list(itertools.islice(loader, 4)), steps)
         options = StepOptions.resolve(recipe.precision, recipe.channels_last, recipe.compile, device)
         timer = StepTimer(device, enabled=recipe.timed)
         model = options.prepare_model(build_model(args.model, len(self.pipeline.classes), image_size=args.image_size)
@@ -115,9 +131,9 @@ class Bench:
 
 
 def run_config(recipe: Recipe, args: argparse.Namespace, images: int) -> RunConfig:
-    data = DataConfig(name="image_folder" if args.data_root else "synthetic", root=args.data_root,
-                      image_size=args.image_size, limit_train=images, limit_test=args.batch, num_workers=recipe.workers,
-                      pipeline=recipe.pipeline)
+    name = "shards" if recipe.shards else "image_folder" if args.data_root else "synthetic"
+    data = DataConfig(name=name, root=recipe.shards or args.data_root, image_size=args.image_size, limit_train=images,
+                      limit_test=args.batch, num_workers=recipe.workers, pipeline=recipe.pipeline)
     return RunConfig(mode=ModeConfig(name="gpu" if args.device == "cuda" else "cpu", device=args.device),
                      batch_size=BatchSizeConfig("weak", args.batch), model=ModelConfig(args.model), data=data,
                      train=TrainConfig(precision=recipe.precision, channels_last=recipe.channels_last))
@@ -146,6 +162,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in the hpcbench recipes")
     parser.add_argument("--instrumentation", action="store_true", help="hpcbench with and without the step timing")
+    parser.add_argument("--pipelines", action="store_true", help="the data pipelines side by side (see above)")
+    parser.add_argument("--bench-data", default="imagenet-like",
+                        help="--pipelines: imagenet-like (generated JPEGs) and/or folder (--data-root), comma-separated")
+    parser.add_argument("--bench-images", type=int, default=2000, help="imagenet-like: JPEGs to generate")
+    parser.add_argument("--work-dir", default="outputs/benchmark-data", help="where --pipelines keeps its shard sets")
     parser.add_argument("--recipes", default="", help="only these, comma-separated (e.g. hpcbench,resident)")
     parser.add_argument("--data-root", default=None, help="an ImageFolder tree (train/<class>/...) instead of synthetic data")
     parser.add_argument("--json", default=None, help="also write the results to this file")
@@ -164,6 +185,68 @@ def paired_ratio_interval(a: List[float], b: List[float]) -> Tuple[float, float]
     return math.exp(statistics.mean(logs) - half), math.exp(statistics.mean(logs) + half)
 
 
+def measure_interleaved(benches: List[Bench], repeats: int, say: Callable) -> Dict[str, List[float]]:
+    rates: Dict[str, List[float]] = {bench.recipe.name: [] for bench in benches}
+    for repeat in range(repeats):
+        # Interleaved, in ABBA order: drift and whichever-runs-first effects hit every recipe alike.
+        for bench in benches if repeat % 2 == 0 else benches[::-1]:
+            rates[bench.recipe.name].append(bench.measure())
+            say(f"repeat {repeat + 1}/{repeats} {bench.recipe.name:10s} {rates[bench.recipe.name][-1]:9.1f} img/s",
+                flush=True)
+    return rates
+
+
+def resident_mb() -> float:
+    """This process's resident memory now (VmRSS), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def compare_pipelines(args: argparse.Namespace, device: torch.device, topology: Topology, say: Callable) -> Dict:
+    """--pipelines: every pipeline feeding the same step, per data set, with the decoder's per-core rate."""
+    results: Dict = {"date": date.today().isoformat(), "hardware": hardware(device), "torch": torch.__version__,
+                     "model": args.model, "image_size": args.image_size, "batch_per_rank": args.batch,
+                     "ranks": topology.world_size, "data": {}}
+    for kind in args.bench_data.split(","):
+        data = prepare(kind, Path(args.work_dir), args.bench_images, args.image_size,
+                       Path(args.data_root) if args.data_root else None)
+        benches, added = [], {}
+        for recipe in recipes(device, args):
+            before = resident_mb()
+            shards = data.resident_shards if recipe.pipeline == "tensor" else data.shards
+            benches.append(Bench(replace(recipe, shards=str(shards)), args, device, topology))
+            added[recipe.name] = resident_mb() - before
+        rates = measure_interleaved(benches, args.repeats, say)
+        medians = {name: statistics.median(values) for name, values in rates.items()}
+        decode = decode_rates(data.shards, args.image_size)
+        results["data"][kind] = {"rates": rates, "medians": medians, "host_mb_added": added, **decode}
+        say(f"\n{kind}: {args.model} at {args.image_size} px, batch {args.batch} x {topology.world_size} rank(s), "
+            f"on {results['hardware']}; torch {torch.__version__}")
+        say(tabulate([[name, f"{medians[name]:.1f}", _share(rates, name, "decoded"), _share(rates, name, "step"),
+                       f"{added[name]:.0f}", ", ".join(f"{v:.1f}" for v in values)] for name, values in rates.items()],
+                     headers=["recipe", "median img/s", "of decoded [95% paired interval]", "of step",
+                              "host MiB added", "runs"], tablefmt="github"))
+        say(f"decode per core: {decode['stream_decode_per_core']:.0f} img/s (stream: libjpeg-turbo + resize), "
+            f"{decode['pil_decode_per_core']:.0f} img/s (PIL decode + Resize)")
+    if args.json and topology.is_main:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _share(rates: Dict[str, List[float]], name: str, of: str) -> str:
+    """The ratio of medians, and the repeats' paired 95% interval of the ratio (the spread between
+    repeats on a busy 2-core machine is often wider than the difference between pipelines)."""
+    if of not in rates:
+        return ""
+    share = f"{statistics.median(rates[name]) / statistics.median(rates[of]) * 100:.1f}%"
+    if name == of or len(rates[name]) < 2:
+        return share
+    low, high = paired_ratio_interval(rates[name], rates[of])
+    return f"{share} [{low * 100:.0f}-{high * 100:.0f}%]"
+
+
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = _parser().parse_args(argv)
     if args.device == "auto":
@@ -175,16 +258,11 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
         torch.set_num_threads(max(1, torch.get_num_threads() // topology.local_size))
         init_process_group(topology, resolve_backend("auto", args.device), 300)
-    chosen = recipes(device, args)
-    benches = [Bench(recipe, args, device, topology) for recipe in chosen]
     say = print if topology.is_main else (lambda *a, **k: None)
-    rates: Dict[str, List[float]] = {r.name: [] for r in chosen}
-    for repeat in range(args.repeats):
-        # Interleaved, in ABBA order: drift and whichever-runs-first effects hit every recipe alike.
-        for bench in benches if repeat % 2 == 0 else benches[::-1]:
-            rates[bench.recipe.name].append(bench.measure())
-            say(f"repeat {repeat + 1}/{args.repeats} {bench.recipe.name:9s} {rates[bench.recipe.name][-1]:9.1f} img/s",
-                flush=True)
+    if args.pipelines:
+        return compare_pipelines(args, device, topology, say)
+    chosen = recipes(device, args)
+    rates = measure_interleaved([Bench(recipe, args, device, topology) for recipe in chosen], args.repeats, say)
     medians = {name: statistics.median(values) for name, values in rates.items()}
     result = {
         "date": date.today().isoformat(), "hardware": hardware(device), "device": args.device,

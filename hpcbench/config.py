@@ -24,8 +24,8 @@ MODES = ("cpu", "gpu", "ddp")
 DEVICES = ("cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
 SCALINGS = ("weak", "strong")
-DATA_SOURCES = ("synthetic", "image_folder", "cifar10")
-PIPELINES = ("auto", "tensor", "pil")
+DATA_SOURCES = ("synthetic", "image_folder", "cifar10", "shards")
+PIPELINES = ("auto", "tensor", "compressed", "stream", "pil")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
@@ -134,9 +134,14 @@ class DataConfig:
     limit_test: Optional[int] = positive(None)  # use only the first N test images, class-balanced
     num_workers: int = non_negative(2)  # DataLoader worker processes per rank (pil pipeline)
     augment: bool = True  # the original study's training augmentation
-    # tensor: device-resident, batched augmentation; pil: the study's DataLoader workers; auto: tensor
-    # when the images are uint8 of one size and fit in the device's memory, else pil
+    # tensor: decoded on the device; compressed: JPEG bytes in host memory, decoded per batch;
+    # stream: JPEG bytes read from the shard files per batch; pil: the study's DataLoader workers.
+    # auto: the first that fits (data/pipeline.py says how it judges)
     pipeline: str = one_of("auto", PIPELINES)
+    # auto's memory budget in MiB, for a device's data and for a node's host memory alike; None: half
+    # of the device's memory and half of the node's RAM
+    memory_budget_mb: Optional[float] = positive(None)
+    shuffle_window: int = positive(4096)  # stream, compressed: images shuffled together (stream_order.py)
     synthetic_train_size: int = positive(50000)  # synthetic: images per split (CIFAR-10's sizes)
     synthetic_test_size: int = positive(10000)
     # synthetic: the data set's own seed, apart from train.seed, so that repeats (a train.seed sweep)

@@ -98,7 +98,8 @@ class RunSummary:
     finished_at: Optional[str] = None
     error: Optional[str] = None
     diverged_epoch: Optional[int] = None
-    pipeline: str = ""  # tensor | pil
+    pipeline: str = ""  # tensor | compressed | stream | pil
+    data_digest: str = ""  # data=shards: the shard set's digest (a resume on another one is refused)
     precision: str = ""  # fp32 | bf16 | fp16, as resolved for the device
     channels_last: bool = False
     compiled: bool = False

@@ -10,8 +10,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
 from hpcbench.config import RunConfig, register_schemas, to_run_config
 from hpcbench.resolvers import register_resolvers
@@ -141,3 +143,26 @@ def make_run(root: Path, name: str, overrides: list[str], minutes: float, best: 
     (run_dir / "env.json").write_text(json.dumps({"hostname": "node1", "cpu_model": "Xeon Gold 6248", "gpus": gpus,
                                                   "torch": "2.0", "python": "3.10", "git": {"commit": "abc", "dirty": False}}))
     return run_dir
+
+
+def write_image_folder(root: Path, images: dict[str, list[tuple[np.ndarray, int]]], suffix: str = ".jpg") -> Path:
+    """An ImageFolder tree (root/<split>/class<label>/<i><suffix>) of the given (HxWx3 uint8, label) images."""
+    for split, items in images.items():
+        for i, (array, label) in enumerate(items):
+            path = root / split / f"class{label}" / f"{i:05d}{suffix}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(path, **({"quality": 95} if suffix == ".jpg" else {}))
+    return root
+
+
+def synthetic_shards(root: Path, train: int = 256, test: int = 64, images_per_shard: int = 32) -> Path:
+    """A shard set (hpcbench-data pack) of the synthetic data set's first images, as JPEGs."""
+    from hpcbench.data.pack import PackSettings, pack
+    from hpcbench.data.sources import SyntheticSource
+
+    splits = {split: SyntheticSource(seed=0, split=split, size=count) for split, count in (("train", train),
+                                                                                            ("test", test))}
+    folder = write_image_folder(root / "folder", {split: [(source.array(i), source.labels[i]) for i in range(len(source))]
+                                                  for split, source in splits.items()})
+    pack(folder, root / "shards", PackSettings(images_per_shard=images_per_shard))
+    return root / "shards"

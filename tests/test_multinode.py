@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TINY, cli_env, job_count, manifest, read_json, run_cli, run_dirs, sacct
+from helpers import REPO, TINY, cli_env, job_count, manifest, read_json, run_cli, run_dirs, sacct, synthetic_shards
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -226,8 +226,13 @@ def test_a_drained_node_is_named_before_anything_is_submitted(tmp_path):
 def test_a_requeued_two_node_job_resumes_and_ends_with_the_uninterrupted_metrics(tmp_path):
     """A DDP job is requeued as a whole: every rank, on both hosts, resumes from the same checkpoint
     and reduces its gradients as the uninterrupted run did (training/ddp.py). fp32: bf16 rounds the
-    weights of the forward pass and so hides a drift in their last bits, which fp32 shows at once."""
-    settings = [*SLURM, "+layout=two_nodes", "train.epochs=3", "data.limit_train=256", "train.precision=fp32"]
+    weights of the forward pass and so hides a drift in their last bits, which fp32 shows at once.
+    The ranks stream a shard set larger than their memory budget (data.pipeline=auto -> stream):
+    the resumed epochs read what the uninterrupted ones read."""
+    shards = synthetic_shards(tmp_path / "data", train=256, test=64)
+    budget_mb = sum(p.stat().st_size for p in shards.rglob("*.tar")) / 2**20 / 4
+    settings = [*SLURM, "+layout=two_nodes", "train.epochs=3", "data.limit_train=256", "train.precision=fp32",
+                "data=shards", f"data.root={shards}", f"data.memory_budget_mb={budget_mb}"]
     reference = tmp_path / "reference"
     assert run_cli([*settings, f"hydra.sweep.dir={reference}"], tmp_path, timeout=600).returncode == 0
 
@@ -248,7 +253,7 @@ def test_a_requeued_two_node_job_resumes_and_ends_with_the_uninterrupted_metrics
         assert time.monotonic() < deadline, f"requeued job {job_id} did not complete: {_job_story(sweep, job_id)}"
         time.sleep(1)
     summary = read_json(sweep / "0" / "summary.json")
-    assert summary["restarts"] >= 1 and summary["nodes"] == 2
+    assert summary["restarts"] >= 1 and summary["nodes"] == 2 and summary["pipeline"] == "stream"
     assert "resuming after epoch" in (sweep / "0" / "train.log").read_text()
     keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
     resumed = [[m[k] for k in keys] for m in map(json.loads, metrics.read_text().splitlines())]

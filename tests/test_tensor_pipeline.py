@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from helpers import TINY, compose_run
 from PIL import Image
 from torchvision import transforms as T
 
-from hpcbench.data.augment import AugmentParams, augment, resize_and_normalise, sample_params
+from hpcbench.data.augment import AugmentParams, augment, colour_jitter, resize_and_normalise, sample_params
 from hpcbench.data.pipeline import build_pipeline
 from hpcbench.data.sources import CACHE_DIR, SyntheticSource
 from hpcbench.data.transforms import CROP_SCALE, eval_transform
@@ -67,6 +68,43 @@ def test_sampled_parameters_follow_the_original_transforms():
         assert values.min() >= low and values.max() <= high
         assert abs(values.mean().item() - (low + high) / 2) < 0.01 * (high - low) * 2
     assert sorted(params.order) == [0, 1, 2, 3]
+
+
+def _reference_colour_jitter(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+    """Each operation as torchvision's functional transforms define it, one tensor op at a time."""
+    gray_weights = torch.tensor([0.299, 0.587, 0.114])
+    rgb_to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+    def per(values: torch.Tensor) -> torch.Tensor:
+        return values.view(-1, 1, 1, 1)
+
+    for operation in params.order:
+        gray = torch.einsum("bchw,c->bhw", images, gray_weights).unsqueeze(1)
+        if operation == 0:
+            images = images * per(params.brightness)
+        elif operation == 1:
+            images = per(params.contrast) * images + (1 - per(params.contrast)) * gray.mean(dim=(1, 2, 3), keepdim=True)
+        elif operation == 2:
+            images = per(params.saturation) * images + (1 - per(params.saturation)) * gray
+        else:
+            yiq = torch.einsum("bchw,dc->bdhw", images, rgb_to_yiq)
+            angle = params.hue.view(-1, 1, 1) * 2 * math.pi
+            i, q = yiq[:, 1], yiq[:, 2]
+            rotated = torch.stack([yiq[:, 0], i * angle.cos() - q * angle.sin(), i * angle.sin() + q * angle.cos()], 1)
+            images = torch.einsum("bchw,dc->bdhw", rotated, torch.linalg.inv(rgb_to_yiq))
+        images = images.clamp(0, 1)
+    return images
+
+
+def test_colour_jitter_in_one_pass_per_operation_equals_the_operations_one_by_one():
+    """The batched jitter folds saturation and hue into a 3 x 3 matrix per image: the same numbers
+    as the operations written out (to float rounding), for every order the draw can give."""
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(16, 3, 24, 24, generator=generator)
+    for seed in range(6):
+        random.seed(seed)
+        params = sample_params(16, generator, CPU)
+        assert torch.allclose(colour_jitter(images.clone(), params), _reference_colour_jitter(images, params), atol=1e-5)
 
 
 def test_augmented_batches_are_normalised_images_of_the_right_size():

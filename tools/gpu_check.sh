@@ -6,7 +6,7 @@
 # OmegaConf or MPICH: tools/prepare_gpu_check.sh prepares here what to carry:
 #   .whl/       hydra-core, omegaconf, antlr4-python3-runtime, mpi4py (cp312), mpich wheels
 #   .gpudata/   cifar10-subset.tar.gz: the first 1,000 training and 200 test images per class
-# Writes $OUT/gpu_check.log, nvidia-smi.txt, benchmark.json, benchmark_compile.json,
+# Writes $OUT/gpu_check.log, nvidia-smi.txt, benchmark.json, benchmark_compile.json, benchmark_pipelines.json,
 # predict_cuda.json, predict_cpu.json and runs.tar.gz (the run directories, checkpoints left out).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
@@ -38,7 +38,26 @@ timeout 300 $PY -m hpcbench.benchmark --device cuda --batch 256 --steps 30 --rep
     --recipes hpcbench,resident --json "$OUT/benchmark_compile.json"
 fi
 
+step "benchmark: the data pipelines side by side (pil, stream with nvJPEG decode, compressed-resident,
+decoded-resident, the model step alone) on 4,000 generated ImageNet-like JPEGs; augmentation share = 1 - decoded / step"
+timeout 420 $PY -m hpcbench.benchmark --device cuda --pipelines --bench-images 4000 --batch 256 --steps 30 \
+    --repeats 3 --work-dir /tmp/bench --json "$OUT/benchmark_pipelines.json"
+
 CIFAR=(data=image_folder data.root=/tmp/data/cifar10 data.limit_train=10000 data.limit_test=2000)
+step "stream vs resident on real CIFAR-10 (packed shards), 2 seeds each: accuracy within the seed-to-seed spread"
+timeout 60 $PY -m hpcbench.data.pack pack /tmp/data/cifar10 /tmp/data/cifar10-shards --images-per-shard 1000
+for pipeline in stream tensor; do for seed in 1 2; do
+    timeout 240 $PY -m hpcbench.train mode=gpu data=shards data.root=/tmp/data/cifar10-shards data.limit_train=10000 \
+        data.limit_test=2000 data.pipeline=$pipeline train.seed=$seed batch_size.size=256 train.epochs=2 train.lr=1e-3 \
+        train.probe=false hydra.run.dir=/tmp/runs/$pipeline-$seed
+done; done
+$PY - <<'EOF'
+import json
+for run in ("stream-1", "stream-2", "tensor-1", "tensor-2"):
+    s = json.load(open(f"/tmp/runs/{run}/summary.json"))
+    print(run, {k: s.get(k) for k in ("status", "pipeline", "best_test_acc", "samples_per_s", "data_time_s",
+                                      "compute_time_s")})
+EOF
 step "mode=gpu: real CIFAR-10, 224 px, 10,000 training images, 2 epochs"
 timeout 240 $PY -m hpcbench.train mode=gpu "${CIFAR[@]}" batch_size.size=256 train.epochs=2 train.lr=1e-3 \
     hydra.run.dir=/tmp/runs/gpu

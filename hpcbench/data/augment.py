@@ -8,8 +8,10 @@ Per sample, with the distributions of the torchvision transforms in transforms.p
 - colour: brightness, contrast, saturation factors in [0.7, 1.3] and a hue shift in [-0.1, 0.1]
   turns, in a random order (drawn per batch; torchvision draws it per image), clamped to [0, 1]
   after each step like torchvision. Hue rotates chroma in YIQ space (torchvision goes through
-  HSV; the two agree closely for shifts this small).
-- ImageNet normalisation.
+  HSV; the two agree closely for shifts this small). Saturation and hue are one 3 x 3 colour
+  matrix per image each (a batched matmul), brightness and contrast one multiply-add: each
+  operation is one pass over the batch, 4-5x faster than writing each out (measured on a CPU).
+- ImageNet normalisation, one multiply-add.
 """
 from __future__ import annotations
 
@@ -99,42 +101,53 @@ def affine_matrices(params: AugmentParams, generator: torch.Generator) -> torch.
     return theta
 
 
-def _gray(images: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("bchw,c->bhw", images, _GRAY.to(images)).unsqueeze(1)
+def _mix_channels(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """out[b, d] = sum_c matrices[b, d, c] * images[b, c]: one pass over the batch."""
+    n, _, height, width = images.shape
+    return torch.bmm(matrices, images.reshape(n, 3, height * width)).view(n, 3, height, width)
 
 
-def _per_sample(values: torch.Tensor) -> torch.Tensor:
-    return values.view(-1, 1, 1, 1)
+def _scaled(values: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, 1, 1) * matrix
 
 
-def _hue(images: torch.Tensor, shift_turns: torch.Tensor) -> torch.Tensor:
-    yiq = torch.einsum("bchw,dc->bdhw", images, _RGB_TO_YIQ.to(images))
-    angle = shift_turns * 2 * math.pi
-    cos, sin = _per_sample(torch.cos(angle)).squeeze(1), _per_sample(torch.sin(angle)).squeeze(1)
-    i, q = yiq[:, 1], yiq[:, 2]
-    rotated = torch.stack([yiq[:, 0], i * cos - q * sin, i * sin + q * cos], dim=1)
-    return torch.einsum("bchw,dc->bdhw", rotated, _YIQ_TO_RGB.to(images))
+def colour_matrices(params: AugmentParams, device, dtype) -> dict:
+    """Saturation and hue as one 3 x 3 colour matrix per sample each, so that each is one pass:
+    saturation s * x + (1 - s) * gray(x) = (s I + (1 - s) 1 w^T) x; a hue shift is YIQ^-1 R YIQ x."""
+    eye = torch.eye(3, device=device, dtype=dtype)
+    gray_rows = _GRAY.to(device=device, dtype=dtype).expand(3, 3)  # every row: the gray weights
+    saturation = _scaled(params.saturation.to(dtype), eye) + _scaled(1 - params.saturation.to(dtype), gray_rows)
+    angle = params.hue.to(dtype) * 2 * math.pi
+    rotation = eye.repeat(len(angle), 1, 1)
+    rotation[:, 1, 1], rotation[:, 1, 2] = torch.cos(angle), -torch.sin(angle)
+    rotation[:, 2, 1], rotation[:, 2, 2] = torch.sin(angle), torch.cos(angle)
+    hue = _YIQ_TO_RGB.to(device=device, dtype=dtype) @ rotation @ _RGB_TO_YIQ.to(device=device, dtype=dtype)
+    return {"saturation": saturation, "hue": hue}
 
 
 def colour_jitter(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue in `params.order`, clamped to [0, 1] after each, as
+    torchvision does; each operation is one pass over the batch (and contrast one more for its mean)."""
+    matrices = colour_matrices(params, images.device, images.dtype)
     for operation in params.order:
         if operation == 0:
-            images = images * _per_sample(params.brightness)
+            images = images * params.brightness.view(-1, 1, 1, 1)
         elif operation == 1:
-            mean = _gray(images).mean(dim=(1, 2, 3), keepdim=True)
-            images = _per_sample(params.contrast) * images + (1 - _per_sample(params.contrast)) * mean
-        elif operation == 2:
-            images = _per_sample(params.saturation) * images + (1 - _per_sample(params.saturation)) * _gray(images)
+            # the mean of the gray image = the gray weights applied to the channels' means
+            mean = (images.mean(dim=(2, 3)) @ _GRAY.to(images)).view(-1, 1, 1, 1)
+            contrast = params.contrast.view(-1, 1, 1, 1)
+            images = torch.addcmul((1 - contrast) * mean, images, contrast)
         else:
-            images = _hue(images, params.hue)
+            images = _mix_channels(images, matrices["saturation" if operation == 2 else "hue"])
         images = images.clamp_(0, 1)
     return images
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
+    """(images - mean) / std, as one pass: images * (1 / std) - mean / std."""
     mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images - mean) / std
+    return torch.addcmul(-mean / std, images, 1 / std)
 
 
 def resize_and_normalise(images_uint8: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """What every pipeline hands the trainer, and how the data is split over ranks.
 
-Both pipelines (pil_pipeline.py, tensor_pipeline.py) build a DataPipeline from these pieces:
-training data is a seeded permutation per epoch, sharded over the ranks like DistributedSampler;
+Every pipeline (pil_pipeline.py, tensor_pipeline.py, stream_pipeline.py) builds a DataPipeline
+from these pieces: training data is a seeded permutation per epoch, sharded over the ranks like
+DistributedSampler (the stream pipeline's shard-wise order: stream_order.py);
 evaluation reads disjoint shards without padding, so the all-reduced test metrics are exact.
 """
 from __future__ import annotations
@@ -46,12 +47,13 @@ def train_batches(count: int, batch_size: int) -> int:
 class DataPipeline:
     train_loader: Any  # iterable of (images, labels) batches with len() and a `generator`
     test_loader: Any
-    train_sampler: DistributedSampler
+    train_sampler: Any  # set_epoch(epoch) sets the epoch's order: a DistributedSampler, a StreamSampler
     classes: List[str]
     num_train: int  # images in the (limited) training set, all ranks together
     num_test: int
     rank: int
-    kind: str  # tensor | pil: the pipeline that feeds the model (data.pipeline=auto resolved)
+    kind: str  # tensor | compressed | stream | pil: the pipeline that feeds the model (auto resolved)
+    digest: str = ""  # the shard set's (data=shards): a resumed run must read the same one
 
     def set_epoch(self, epoch: int, seed: int) -> None:
         """Shuffling and augmentation seeds are functions of (seed, epoch, rank) alone, so an

@@ -55,26 +55,24 @@ def stack_same_size(arrays: List[np.ndarray], names: Sequence[object]) -> np.nda
     return np.stack(arrays)
 
 
-def balanced_first_n(labels: Sequence[int], n: Optional[int]) -> List[int]:
-    """Indices of the first `n` items taken round-robin over classes (class-balanced).
+def class_interleaved(labels: Sequence[int]) -> List[int]:
+    """Every index, taken round-robin over classes, each class in its own order.
 
-    Sorted folders list every cat before any dog, so "the first N files" would be one class;
-    interleaving keeps each class's own order and gives every class n / classes items.
-    """
-    if n is None or n >= len(labels):
-        return list(range(len(labels)))
+    Sorted folders list every cat before any dog; interleaved, every prefix is class-balanced."""
     per_class: dict[int, List[int]] = {}
     for index, label in enumerate(labels):
         per_class.setdefault(label, []).append(index)
     queues = [per_class[c] for c in sorted(per_class)]
-    chosen: List[int] = []
-    for depth in range(max(len(q) for q in queues)):
-        for queue in queues:
-            if depth < len(queue):
-                chosen.append(queue[depth])
-                if len(chosen) == n:
-                    return chosen
-    return chosen
+    return [queue[depth] for depth in range(max((len(q) for q in queues), default=0))
+            for queue in queues if depth < len(queue)]
+
+
+def balanced_first_n(labels: Sequence[int], n: Optional[int]) -> List[int]:
+    """Indices of the first `n` items taken round-robin over classes (class-balanced), or all
+    indices in their own order when `n` is None or covers them all."""
+    if n is None or n >= len(labels):
+        return list(range(len(labels)))
+    return class_interleaved(labels)[:n]
 
 
 # --- synthetic --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 from omegaconf import OmegaConf
 
 from hpcbench.config import RunConfig
+from hpcbench.data.shards import read_manifest_digest
 from hpcbench.errors import HpcbenchError
 from hpcbench.rundir import CHECKPOINTS, LAST, PREVIOUS, RESOLVED_CONFIG, RunSummary, read_summary
 
@@ -71,6 +72,7 @@ def check_run_directory(cfg: RunConfig, out_dir: Path) -> Optional[RunSummary]:
     if (completed or any(p.is_file() for p in checkpoints)) and (out_dir / RESOLVED_CONFIG).is_file():
         earlier = OmegaConf.to_container(OmegaConf.load(out_dir / RESOLVED_CONFIG))
         check_compatible(out_dir / RESOLVED_CONFIG, earlier, cfg)  # type: ignore[arg-type]
+    _check_same_shard_set(cfg, out_dir, summary)
     if not completed:
         return None
     if summary.get("epochs") == cfg.train.epochs:
@@ -82,3 +84,16 @@ def check_run_directory(cfg: RunConfig, out_dir: Path) -> Optional[RunSummary]:
             f"train.epochs={cfg.train.epochs}; use a new run directory (keep_checkpoints=resumable keeps runs extendable)"
         )
     return None
+
+
+def _check_same_shard_set(cfg: RunConfig, out_dir: Path, summary: Dict[str, Any]) -> None:
+    """data.root may move (it is not part of the trajectory), but the images it holds may not change."""
+    earlier = summary.get("data_digest")
+    if cfg.data.name != "shards" or not earlier:
+        return
+    now = read_manifest_digest(Path(cfg.data.root or ""))
+    if now != earlier:
+        raise CheckpointError(
+            f"{out_dir} was trained on the shard set with digest {earlier}, but data.root={cfg.data.root} holds "
+            f"{'digest ' + now if now else 'no shard set'}; point data.root at the same shard set, or use a new run directory"
+        )

@@ -86,6 +86,7 @@ class RunRecord:
     def data_ready(self, pipeline: DataPipeline) -> None:
         self.summary.train_images, self.summary.test_images = pipeline.num_train, pipeline.num_test
         self.summary.classes = pipeline.classes
+        self.summary.data_digest = pipeline.digest
         self.write()
 
     def step_options(self, options: StepOptions, pipeline: str) -> None:

@@ -1,0 +1,190 @@
+"""The stream pipeline: data sets larger than memory, read as JPEG bytes from a shard set
+(data/shards.py) a batch at a time, decoded per batch, then augmented on the training device by
+the same batched code as the resident pipeline (augment.py).
+
+- `stream`: every batch's bytes are read from the shard files (one pread per image);
+- `compressed`: the used images' JPEG bytes are read into host memory once (pinned for a GPU), and
+  batches are decoded from there: no disk reads after the start.
+Decoding: on a GPU, in batches by nvJPEG (`torchvision.io.decode_jpeg(..., device="cuda")`), the
+DataLoader workers only read bytes; on a CPU, by libjpeg-turbo through the same call, in the
+DataLoader workers (`data.num_workers`). Each image is resized to the batch's source size (its
+own size when the shard set's images all share one no larger than `data.image_size`, else
+`data.image_size` square: the study's first transform, `Resize((size, size))`), so images of mixed
+sizes make one batch; random-resized-crop, flip, rotation and colour jitter follow on the device.
+
+Host memory is bounded by the batches in flight (2 per worker), whatever the data set's size.
+The workers persist for the run: the order of an epoch is computed in the worker from the epoch.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from hpcbench.config import RunConfig, per_device_batch
+from hpcbench.data.augment import augment, resize_and_normalise
+from hpcbench.data.sampling import DataPipeline, train_batches
+from hpcbench.data.shards import ShardReader, ShardSet
+from hpcbench.data.stream_order import rank_eval_positions, rank_train_order, train_images_per_rank, used_per_shard
+from hpcbench.errors import DataError
+
+Size = Tuple[int, int]  # (height, width)
+
+
+def source_size(shards: ShardSet, image_size: int) -> Size:
+    """The size every image is decoded to before augmentation (see the module's docstring)."""
+    if shards.image_size is not None and max(shards.image_size) <= image_size:
+        width, height = shards.image_size
+        return height, width
+    return image_size, image_size
+
+
+def decode_batch(jpegs: List[torch.Tensor], size: Size, device: torch.device,
+                 names: Optional[Sequence[str]] = None) -> torch.Tensor:
+    """JPEG byte tensors -> one (N, 3, height, width) uint8 tensor on `device`."""
+    try:
+        images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        for i, jpeg in enumerate(jpegs):  # find the image that failed, to name it
+            try:
+                decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device)
+            except RuntimeError as error:
+                where = names[i] if names else f"image {i} of the batch"
+                # torch prefixes "decode_jpeg, <source file>:<line>, " to libjpeg's message
+                reason = str(error).splitlines()[0].rsplit(", ", 1)[-1]
+                raise DataError(f"corrupt JPEG in {where}: {reason}; repack it from a good copy") from None
+        raise
+    return torch.stack([resized_uint8(image, size) for image in images])
+
+
+def resized_uint8(image: torch.Tensor, size: Size) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == size:
+        return image
+    if image.device.type == "cpu":  # torch's uint8 kernel (what torchvision's Resize uses): 3x faster than float
+        return F.interpolate(image.unsqueeze(0), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    resized = F.interpolate(image.unsqueeze(0).float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)[0]
+
+
+class BatchReader(Dataset):
+    """Item (epoch, b): batch b of that epoch's order, as (decoded uint8 images, labels), or, when
+    the device decodes, as (all JPEG bytes back to back, their lengths, labels, positions). The
+    order is computed where the batch is read, from the epoch alone, so the DataLoader's workers
+    live as long as the run (a fork per epoch costs a large training process dearly)."""
+
+    def __init__(self, reader: ShardReader, batch_size: int, size: Size, decode_here: bool,
+                 order: Callable[[int], np.ndarray]):
+        self.reader, self.batch_size, self.size, self.decode_here = reader, batch_size, size, decode_here
+        self.order = order
+        self._epoch, self._positions = -1, np.zeros(0, dtype=np.int64)
+
+    def positions(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._epoch, self._positions = epoch, self.order(epoch)
+        return self._positions
+
+    def __len__(self) -> int:
+        return -(-len(self.positions(max(self._epoch, 0))) // self.batch_size)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        epoch, batch = key
+        positions = self.positions(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
+        labels = torch.from_numpy(self.reader.index.label[positions])
+        jpegs = [torch.frombuffer(bytearray(self.reader.read(int(p))), dtype=torch.uint8) for p in positions]
+        if self.decode_here:
+            return decode_batch(jpegs, self.size, torch.device("cpu"), self.names(positions)), labels
+        return torch.cat(jpegs), torch.tensor([len(j) for j in jpegs]), labels, torch.from_numpy(positions)
+
+    def names(self, positions: Sequence[int]) -> List[str]:
+        return [self.reader.shards.where(self.reader.split, self.reader.index, int(p)) for p in positions]
+
+
+class EpochKeys(Sampler):
+    """The DataLoader's keys: (the current epoch, batch number) for every batch of the epoch."""
+
+    def __init__(self, batches: int):
+        self.batches, self.epoch = batches, 0
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        return ((self.epoch, b) for b in range(self.batches))
+
+    def __len__(self) -> int:
+        return self.batches
+
+
+class StreamBatches:
+    """One split's batches, iterated like a DataLoader by the trainer; `set_epoch` picks the order."""
+
+    def __init__(self, reader: BatchReader, run: RunConfig, device: torch.device, train: bool, batches: int):
+        self.reader, self.device, self.batches = reader, device, batches
+        self.batch_size = reader.batch_size
+        self.image_size, self.augment = run.data.image_size, run.data.augment and train
+        self.generator = torch.Generator(device=device)
+        self.keys = EpochKeys(batches)
+        workers = run.data.num_workers
+        self.loader = DataLoader(reader, sampler=self.keys, batch_size=None, num_workers=workers,
+                                 persistent_workers=workers > 0, prefetch_factor=2 if workers else None,
+                                 pin_memory=device.type == "cuda")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.keys.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def _decoded(self, item) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.reader.decode_here:
+            images, labels = item
+            return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        data, lengths, labels, positions = item
+        images = decode_batch(list(torch.split(data, lengths.tolist())), self.reader.size, self.device,
+                              self.reader.names(positions.tolist()))
+        return images, labels.to(self.device, non_blocking=True)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in map(self._decoded, self.loader):
+            if self.augment:
+                yield augment(images, self.image_size, self.generator), labels
+            else:
+                yield resize_and_normalise(images, self.image_size), labels
+
+
+class StreamSampler:
+    """What DataPipeline.set_epoch calls: the training batches follow the epoch's order."""
+
+    def __init__(self, batches: StreamBatches):
+        self.batches = batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+
+def build_stream_pipeline(run: RunConfig, root: str, rank: int, world_size: int, device: torch.device,
+                          resident: bool) -> DataPipeline:
+    data, batch = run.data, per_device_batch(run)
+    shards = ShardSet(root)
+    size = source_size(shards, data.image_size)
+    decode_here = device.type != "cuda"  # a GPU decodes batches itself; CPU ranks decode in their workers
+    train_sizes = [s.images for s in shards.splits["train"]]
+    used = used_per_shard(train_sizes, data.limit_train or sum(train_sizes))
+    test_total = sum(s.images for s in shards.splits["test"])
+    test_count = min(test_total, data.limit_test or test_total)
+    test_positions = rank_eval_positions(test_count, rank, world_size)
+    orders = {"train": lambda epoch: rank_train_order(used, run.train.seed, epoch, rank, world_size,
+                                                      data.shuffle_window),
+              "test": lambda epoch: test_positions}
+    readers, counts = {}, {"train": int(used.sum()), "test": test_count}
+    for split in ("train", "test"):
+        reader = ShardReader(shards, split, shards.index(split), resident_images=counts[split] if resident else 0)
+        if resident and device.type == "cuda":
+            reader.memory = torch.from_numpy(reader.memory).pin_memory().numpy()
+        readers[split] = BatchReader(reader, batch, size, decode_here, orders[split])
+    per_rank = train_images_per_rank(used, world_size)
+    train = StreamBatches(readers["train"], run, device, train=True, batches=train_batches(per_rank, batch))
+    test = StreamBatches(readers["test"], run, device, train=False, batches=-(-len(test_positions) // batch))
+    return DataPipeline(train, test, StreamSampler(train), shards.classes, int(used.sum()), test_count, rank,
+                        "compressed" if resident else "stream", digest=shards.digest)
