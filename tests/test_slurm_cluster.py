@@ -20,27 +20,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=1", "hardware=ci_cluster", *TINY, "train.epochs=1"]
 
 
-def test_one_multirun_submits_cpu_and_ddp_jobs_with_their_own_resources(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = run_cli([*SLURM, "mode=cpu,ddp", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
-    assert result.returncode == 0, result.stderr
-    jobs = {job["num"]: job for job in manifest(sweep)["jobs"]}
-    cpu, ddp = jobs[0], jobs[1]
-    # What Slurm itself recorded for each job: 1 task vs 2 tasks.
-    assert sacct(cpu["slurm_job_id"], "NTasks") in ("", "1") and sacct(cpu["slurm_job_id"], "State") == "COMPLETED"
-    assert sacct(ddp["slurm_job_id"], "State") == "COMPLETED"
-    steps = subprocess.run(["sacct", "-n", "-P", "-j", ddp["slurm_job_id"], "--format=JobID,NTasks"], capture_output=True,
-                           text=True, timeout=30).stdout
-    assert any(line.split("|")[1] == "2" for line in steps.splitlines() if "|" in line), steps
-    assert (cpu["request"]["tasks_per_node"], ddp["request"]["tasks_per_node"]) == (1, 2)
-    for run_dir, world in [(sweep / "0", 1), (sweep / "1", 2)]:
-        summary = read_json(run_dir / "summary.json")
-        assert (summary["status"], summary["world_size"]) == ("completed", world)
-        for name in ("metrics.jsonl", "env.json", "resolved_config.yaml", ".hydra/config.yaml", "checkpoints/best.pt"):
-            assert (run_dir / name).exists(), (run_dir, name)
-    assert read_json(sweep / "1" / "env.json")["slurm"]["SLURM_JOB_ID"]
-
-
 def _image_folder(root: Path) -> Path:
     for split in ("train", "test"):
         for label, colour in enumerate([(250, 0, 0), (0, 0, 250)]):
@@ -79,7 +58,9 @@ def test_impossible_requests_are_refused_before_anything_is_submitted(tmp_path, 
     assert not (tmp_path / "sweep" / "manifest.json").exists()
 
 
-def test_submit_without_waiting_then_follow_with_status(tmp_path):
+def test_one_multirun_submits_cpu_and_ddp_jobs_with_their_own_resources_and_status_follows_them(tmp_path):
+    """Submitted without waiting (hydra.launcher.wait=false), followed with hpcbench-status; then
+    what Slurm itself recorded for each job: 1 task vs 2 tasks."""
     sweep = tmp_path / "sweep"
     started = time.monotonic()
     result = run_cli([*SLURM, "hydra.launcher.wait=false", "mode=cpu,ddp", f"hydra.sweep.dir={sweep}"], tmp_path,
@@ -97,3 +78,18 @@ def test_submit_without_waiting_then_follow_with_status(tmp_path):
     assert status is not None and status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.count("completed 1/1 epochs") == 2
     assert {job["state"] for job in manifest(sweep)["jobs"]} == {"COMPLETED"}
+
+    jobs = {job["num"]: job for job in manifest(sweep)["jobs"]}
+    cpu, ddp = jobs[0], jobs[1]
+    assert sacct(cpu["slurm_job_id"], "NTasks") in ("", "1") and sacct(cpu["slurm_job_id"], "State") == "COMPLETED"
+    assert sacct(ddp["slurm_job_id"], "State") == "COMPLETED"
+    steps = subprocess.run(["sacct", "-n", "-P", "-j", ddp["slurm_job_id"], "--format=JobID,NTasks"], capture_output=True,
+                           text=True, timeout=30).stdout
+    assert any(line.split("|")[1] == "2" for line in steps.splitlines() if "|" in line), steps
+    assert (cpu["request"]["tasks_per_node"], ddp["request"]["tasks_per_node"]) == (1, 2)
+    for run_dir, world in [(sweep / "0", 1), (sweep / "1", 2)]:
+        summary = read_json(run_dir / "summary.json")
+        assert (summary["status"], summary["world_size"]) == ("completed", world)
+        for name in ("metrics.jsonl", "env.json", "resolved_config.yaml", ".hydra/config.yaml", "checkpoints/best.pt"):
+            assert (run_dir / name).exists(), (run_dir, name)
+    assert read_json(sweep / "1" / "env.json")["slurm"]["SLURM_JOB_ID"]
