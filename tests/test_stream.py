@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,25 @@ def test_two_ranks_stream_every_image_once_per_epoch_and_compressed_reads_the_sa
         assert set(rank0 + rank1) == set(range(200))  # every image, once
         assert seen["compressed"][epoch] == seen["stream"][epoch]
     assert seen["stream"][0] != seen["stream"][1]
+
+
+def test_the_gpus_path_decoding_whole_batches_in_the_main_process_gives_the_same_batches(tmp_path):
+    """On a GPU the workers only read bytes and the training process decodes each batch with one
+    decode_jpeg call on its device: here that path runs on the CPU and must match the workers'."""
+    shards = pack(_mixed_folder(tmp_path / "folder"), tmp_path / "shards", PackSettings(images_per_shard=8))
+    run = compose_run([*STREAM, f"data.root={shards.root}", "data.pipeline=stream", "batch_size.size=8"])
+    batches = {}
+    for decode_here in (True, False):
+        pipeline = build_pipeline(run, 0, 1, CPU)
+        pipeline.train_loader.reader.decode_here = decode_here
+        pipeline.test_loader.reader.decode_here = decode_here
+        pipeline.set_epoch(3, run.train.seed)
+        random.seed(3)  # the colour operations' order (the trainer seeds it per epoch)
+        batches[decode_here] = [(images, labels) for loader in (pipeline.train_loader, pipeline.test_loader)
+                                for images, labels in loader]
+    assert len(batches[True]) == len(batches[False]) == 4 + 2
+    for (a, la), (b, lb) in zip(batches[True], batches[False], strict=True):
+        assert torch.equal(la, lb) and torch.allclose(a, b, atol=1e-6)
 
 
 def test_stream_and_tensor_pipelines_feed_the_same_evaluation_pixels(tmp_path):
