@@ -10,7 +10,7 @@ from typing import Callable, Iterator, NoReturn
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from hpcbench.errors import HpcbenchError
+from hpcbench.errors import HpcbenchError, message_line
 
 # Lines of Hydra/OmegaConf messages that explain internals rather than the problem.
 _NOISE = ("object_type=", "reference_type=", "HYDRA_FULL_ERROR", "full_key:", "Config search path", "provider=")
@@ -43,8 +43,7 @@ def one_line_errors(program: str, show_traceback: bool = False) -> Iterator[None
     except HpcbenchError as error:
         if error.quiet:
             raise SystemExit(error.exit_code) from None
-        # Errors raised in DataLoader workers arrive wrapped: their last line is the message.
-        fail(program, str(error).splitlines()[-1] if str(error) else type(error).__name__, error.exit_code)
+        fail(program, message_line(error) or type(error).__name__, error.exit_code)
     except (HydraException, OmegaConfBaseException) as error:
         if show_traceback:
             raise

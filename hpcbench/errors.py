@@ -24,3 +24,12 @@ class WeightsError(HpcbenchError):
 
 class DeviceError(HpcbenchError):
     """The requested device is not available here."""
+
+
+def message_line(error: BaseException) -> str:
+    """The last line of an error's message, which names the problem. Left out: the Python frames
+    torch appends to an error raised in a callback ("\n\nAt:\n  file(line): ..."), and the traceback
+    and "module.Class: " a DataLoader worker's error arrives wrapped in."""
+    text = str(error).split("\n\nAt:\n")[0].strip()
+    last = text.splitlines()[-1].strip() if text else ""
+    return last.removeprefix(f"{type(error).__module__}.{type(error).__name__}: ")

@@ -13,7 +13,7 @@ import torch
 from helpers import TINY, cli_env, compose_run, read_json, read_metrics, run_cli, run_dirs, table_rows
 from PIL import Image
 
-from hpcbench.errors import WeightsError
+from hpcbench.errors import DataError, WeightsError
 from hpcbench.models import build_model, pretrained_weights_path
 from hpcbench.training.checkpoint import CheckpointError, safe_load
 from hpcbench.training.trainer import fit
@@ -314,3 +314,13 @@ def test_a_collective_timeout_is_named_by_its_cause_not_by_the_frames_torch_appe
                          "  /work/main/hpcbench/training/timing.py(186): finished\n")  # as gloo's says it under DDP
     assert one_line(error).endswith("Timed out waiting 4000ms for recv operation to complete")
     assert is_lost_peer(error)
+
+
+def test_an_error_from_a_dataloader_worker_is_named_once():
+    from hpcbench.mpi.failures import one_line
+
+    # What DataLoader re-raises in the training process: the worker's traceback, then its own line.
+    error = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                      '  File "stream_pipeline.py", line 99, in __getitem__\n'
+                      "hpcbench.errors.DataError: corrupt JPEG in shard train/shard-000001.tar, key 00000015: cut")
+    assert one_line(error) == "DataError: corrupt JPEG in shard train/shard-000001.tar, key 00000015: cut"

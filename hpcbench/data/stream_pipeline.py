@@ -44,8 +44,9 @@ def source_size(shards: ShardSet, image_size: int) -> Size:
 
 
 def decode_batch(jpegs: List[torch.Tensor], size: Size, device: torch.device,
-                 names: Optional[Sequence[str]] = None) -> torch.Tensor:
-    """JPEG byte tensors -> one (N, 3, height, width) uint8 tensor on `device`."""
+                 name_of: Optional[Callable[[int], str]] = None) -> torch.Tensor:
+    """JPEG byte tensors -> one (N, 3, height, width) uint8 tensor on `device`; `name_of(i)` names
+    image i in the error about a corrupt one (asked only then: names cost time on every batch)."""
     try:
         images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
@@ -53,7 +54,7 @@ def decode_batch(jpegs: List[torch.Tensor], size: Size, device: torch.device,
             try:
                 decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device)
             except RuntimeError as error:
-                where = names[i] if names else f"image {i} of the batch"
+                where = name_of(i) if name_of else f"image {i} of the batch"
                 # torch prefixes "decode_jpeg, <source file>:<line>, " to libjpeg's message
                 reason = str(error).splitlines()[0].rsplit(", ", 1)[-1]
                 raise DataError(f"corrupt JPEG in {where}: {reason}; repack it from a good copy") from None
@@ -96,11 +97,12 @@ class BatchReader(Dataset):
         labels = torch.from_numpy(self.reader.index.label[positions])
         jpegs = [torch.frombuffer(bytearray(self.reader.read(int(p))), dtype=torch.uint8) for p in positions]
         if self.decode_here:
-            return decode_batch(jpegs, self.size, torch.device("cpu"), self.names(positions)), labels
+            return decode_batch(jpegs, self.size, torch.device("cpu"), self.namer(positions)), labels
         return torch.cat(jpegs), torch.tensor([len(j) for j in jpegs]), labels, torch.from_numpy(positions)
 
-    def names(self, positions: Sequence[int]) -> List[str]:
-        return [self.reader.shards.where(self.reader.split, self.reader.index, int(p)) for p in positions]
+    def namer(self, positions: Sequence[int]) -> Callable[[int], str]:
+        """Image i of a batch of `positions` -> 'shard ..., key ...'."""
+        return lambda i: self.reader.shards.where(self.reader.split, self.reader.index, int(positions[i]))
 
 
 class EpochKeys(Sampler):
@@ -142,7 +144,7 @@ class StreamBatches:
             return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         data, lengths, labels, positions = item
         images = decode_batch(list(torch.split(data, lengths.tolist())), self.reader.size, self.device,
-                              self.reader.names(positions.tolist()))
+                              self.reader.namer(positions.tolist()))
         return images, labels.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from hpcbench.errors import message_line
 from hpcbench.files import atomic_write_json, atomic_write_text
 from hpcbench.rundir import ENV
 
@@ -45,10 +46,8 @@ class RankFailure:
 
 
 def one_line(error: BaseException) -> str:
-    """The error's type and its last line of message: the innermost cause of a wrapped error, but
-    not the Python frames torch appends to an error raised in a callback ("\n\nAt:\n  file(line): ...")."""
-    text = str(error).split("\n\nAt:\n")[0].strip()
-    last = text.splitlines()[-1].strip() if text else ""
+    """The error's type and the last line of its message (errors.message_line)."""
+    last = message_line(error)
     return f"{type(error).__name__}: {last}" if last else type(error).__name__
 
 
