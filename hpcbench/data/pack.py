@@ -40,7 +40,7 @@ from hpcbench.data.shards import (
 )
 from hpcbench.data.sources import ImageFolderSource, class_interleaved
 from hpcbench.errors import DataError
-from hpcbench.files import atomic_write_bytes, atomic_write_text
+from hpcbench.files import atomic_write_text
 from hpcbench.progress import Progress
 
 log = logging.getLogger("hpcbench")
@@ -120,9 +120,7 @@ def write_shard(job: ShardJob) -> ShardInfo:
     digest = hashlib.sha256(partial.read_bytes()).hexdigest()
     info = ShardInfo(name=name, images=len(members), bytes=partial.stat().st_size, sha256=digest)
     os.replace(partial, final)
-    buffer = io.BytesIO()
-    index.save(buffer)
-    atomic_write_bytes(_sidecar(out, job.split, job.number), buffer.getvalue())
+    index.save(_sidecar(out, job.split, job.number))
     atomic_write_text(_info_path(out, job.split, job.number), json.dumps(asdict(info)))
     return info
 
@@ -220,9 +218,7 @@ def _finish(out: Path, sources: Dict[str, ImageFolderSource], jobs: Sequence[Sha
         index = ShardIndex.concatenate([ShardIndex.load(_sidecar(out, split, n)) for n in numbers])
         if len(index) != len(sources[split]):  # counts verified against the source folder
             raise DataError(f"{out}: {split} holds {len(index)} images, {len(sources[split])} in the source")
-        buffer = io.BytesIO()
-        index.save(buffer)
-        atomic_write_bytes(out / f"{split}.index.npz", buffer.getvalue())
+        index.save(out / f"{split}.index.npz")
         sizes |= set(zip(index.width.tolist(), index.height.tolist(), strict=True))
     manifest = {"format": FORMAT, "classes": sources["train"].classes,
                 "splits": {split: [asdict(s) for s in shards] for split, shards in splits.items()},

@@ -91,7 +91,8 @@ def resident_fits(run: RunConfig, train: ImageSource, test: ImageSource, device:
 
 def compressed_fits(run: RunConfig, train: ShardSource, test: ShardSource, device: torch.device) -> tuple[bool, str]:
     """Whether the JPEG bytes of the images the run uses, once per rank of a node, fit the node's RAM budget."""
-    used = sum(int(source.index.length[:len(balanced_first_n(source.labels, limit))].sum())
+    # A shard set holds its images in the order data.limit_* takes them: the first N are the used ones.
+    used = sum(int(source.index.length[:limit].sum())
                for source, limit in ((train, run.data.limit_train), (test, run.data.limit_test)))
     ranks = ranks_per_node(run)
     host_budget = memory_budgets(run, device)[1]
@@ -139,7 +140,7 @@ def build_pipeline(run: RunConfig, rank: int, world_size: int, device: torch.dev
     if kind == "auto":
         kind = choose_pipeline(run, train, test, device)
     if kind in ("compressed", "stream"):
-        return build_stream_pipeline(run, str(run.data.root), rank, world_size, device, resident=kind == "compressed")
+        return build_stream_pipeline(run, train.shards, rank, world_size, device, resident=kind == "compressed")
     if kind == "tensor":
         try:
             pipeline = build_tensor_pipeline(run, train, test, rank, world_size, device)

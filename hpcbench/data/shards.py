@@ -24,13 +24,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from hpcbench.data.sources import CACHE_DIR, stack_same_size
 from hpcbench.errors import DataError
+from hpcbench.files import atomic_write_bytes
 
 MANIFEST = "manifest.json"
 FORMAT = "hpcbench-shards/1: WebDataset tar, <key>.jpg + <key>.cls; <split>.index.npz"
@@ -78,8 +79,10 @@ class ShardIndex:
     def __len__(self) -> int:
         return len(self.label)
 
-    def save(self, file: BinaryIO) -> None:
-        np.savez(file, **{name: getattr(self, name) for name in INDEX_FIELDS})
+    def save(self, path: Path) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: getattr(self, name) for name in INDEX_FIELDS})
+        atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> "ShardIndex":
@@ -114,6 +117,7 @@ class ShardSet:
             raise DataError(f"{manifest_path} is not a manifest of hpcbench-data pack ({error!r})") from None
         for shard in (s for split in SPLITS for s in self.splits[split]):
             self.check_shard(shard)
+        self._indexes: Dict[str, ShardIndex] = {}
 
     def check_shard(self, shard: ShardInfo) -> None:
         path = self.root / shard.name
@@ -126,11 +130,14 @@ class ShardSet:
                             f"({size} bytes, the manifest says {shard.bytes}); restore it or pack the data set again")
 
     def index(self, split: str) -> ShardIndex:
-        path = self.root / f"{split}.index.npz"
-        try:
-            return ShardIndex.load(path)
-        except (OSError, ValueError, KeyError) as error:
-            raise DataError(f"cannot read the index {path} ({error}); pack the data set again") from None
+        """The split's index, read once (the sources and the stream pipeline share it)."""
+        if split not in self._indexes:
+            path = self.root / f"{split}.index.npz"
+            try:
+                self._indexes[split] = ShardIndex.load(path)
+            except (OSError, ValueError, KeyError) as error:
+                raise DataError(f"cannot read the index {path} ({error}); pack the data set again") from None
+        return self._indexes[split]
 
     def where(self, split: str, index: ShardIndex, position: int) -> str:
         """'shard train/shard-000003.tar, key 00003017': how errors name an image."""

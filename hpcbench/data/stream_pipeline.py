@@ -88,9 +88,6 @@ class BatchReader(Dataset):
             self._epoch, self._positions = epoch, self.order(epoch)
         return self._positions
 
-    def __len__(self) -> int:
-        return -(-len(self.positions(max(self._epoch, 0))) // self.batch_size)
-
     def __getitem__(self, key: Tuple[int, int]):
         epoch, batch = key
         positions = self.positions(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
@@ -155,20 +152,9 @@ class StreamBatches:
                 yield resize_and_normalise(images, self.image_size), labels
 
 
-class StreamSampler:
-    """What DataPipeline.set_epoch calls: the training batches follow the epoch's order."""
-
-    def __init__(self, batches: StreamBatches):
-        self.batches = batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch)
-
-
-def build_stream_pipeline(run: RunConfig, root: str, rank: int, world_size: int, device: torch.device,
+def build_stream_pipeline(run: RunConfig, shards: ShardSet, rank: int, world_size: int, device: torch.device,
                           resident: bool) -> DataPipeline:
     data, batch = run.data, per_device_batch(run)
-    shards = ShardSet(root)
     size = source_size(shards, data.image_size)
     decode_here = device.type != "cuda"  # a GPU decodes batches itself; CPU ranks decode in their workers
     train_sizes = [s.images for s in shards.splits["train"]]
@@ -188,5 +174,6 @@ def build_stream_pipeline(run: RunConfig, root: str, rank: int, world_size: int,
     per_rank = train_images_per_rank(used, world_size)
     train = StreamBatches(readers["train"], run, device, train=True, batches=train_batches(per_rank, batch))
     test = StreamBatches(readers["test"], run, device, train=False, batches=-(-len(test_positions) // batch))
-    return DataPipeline(train, test, StreamSampler(train), shards.classes, int(used.sum()), test_count, rank,
+    # The training batches are their own sampler: DataPipeline.set_epoch sets their epoch.
+    return DataPipeline(train, test, train, shards.classes, int(used.sum()), test_count, rank,
                         "compressed" if resident else "stream", digest=shards.digest)

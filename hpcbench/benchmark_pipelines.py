@@ -1,24 +1,33 @@
-"""The data sets of `python -m hpcbench.benchmark --pipelines`: ImageNet-like JPEGs generated here
-(mixed sizes around ImageNet's typical 500 x 375, photo-like JPEG sizes) or an image folder such as
-CIFAR-10, packed into shard sets; and the per-core decode rate of the stream pipeline's decoder.
+"""`python -m hpcbench.benchmark --pipelines`: every data pipeline feeding the same training step,
+on ImageNet-like JPEGs generated here (mixed sizes around ImageNet's typical 500 x 375, photo-like
+JPEG sizes) or an image folder such as CIFAR-10, packed into shard sets; with the per-core decode
+rate of the stream pipeline's decoder and the host memory each pipeline adds.
 """
 from __future__ import annotations
 
+import argparse
 import io
+import json
+import math
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tabulate import tabulate
 
+from hpcbench.benchmark_recipes import Bench, hardware, measure_interleaved, paired_ratio_interval, recipes
 from hpcbench.data.pack import PackSettings, pack
 from hpcbench.data.shards import MANIFEST, ShardReader, ShardSet
 from hpcbench.data.stream_pipeline import decode_batch, source_size
 from hpcbench.data.transforms import eval_transform
+from hpcbench.mpi.topology import Topology
 
 IMAGENET_LIKE_CLASSES = 10
 
@@ -110,3 +119,53 @@ def decode_rates(shards: Path, image_size: int, images: int = 256) -> Dict[str, 
         torch.set_num_threads(threads)
     return {"stream_decode_per_core": stream_rate, "pil_decode_per_core": pil_rate}
 
+
+def resident_mb() -> float:
+    """This process's resident memory now (VmRSS), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def compare_pipelines(args: argparse.Namespace, device: torch.device, topology: Topology, say: Callable) -> Dict:
+    """--pipelines: every pipeline feeding the same step, per data set, with the decoder's per-core rate."""
+    results: Dict = {"date": date.today().isoformat(), "hardware": hardware(device), "torch": torch.__version__,
+                     "model": args.model, "image_size": args.image_size, "batch_per_rank": args.batch,
+                     "ranks": topology.world_size, "data": {}}
+    for kind in args.bench_data.split(","):
+        data = prepare(kind, Path(args.work_dir), args.bench_images, args.image_size,
+                       Path(args.data_root) if args.data_root else None)
+        benches, added = [], {}
+        for recipe in recipes(device, args):
+            before = resident_mb()
+            shards = data.resident_shards if recipe.pipeline == "tensor" else data.shards
+            benches.append(Bench(replace(recipe, shards=str(shards)), args, device, topology))
+            added[recipe.name] = resident_mb() - before
+        rates = measure_interleaved(benches, args.repeats, say)
+        medians = {name: statistics.median(values) for name, values in rates.items()}
+        decode = decode_rates(data.shards, args.image_size)
+        results["data"][kind] = {"rates": rates, "medians": medians, "host_mb_added": added, **decode}
+        say(f"\n{kind}: {args.model} at {args.image_size} px, batch {args.batch} x {topology.world_size} rank(s), "
+            f"on {results['hardware']}; torch {torch.__version__}")
+        say(tabulate([[name, f"{medians[name]:.1f}", _share(rates, name, "decoded"), _share(rates, name, "step"),
+                       f"{added[name]:.0f}", ", ".join(f"{v:.1f}" for v in values)] for name, values in rates.items()],
+                     headers=["recipe", "median img/s", "of decoded [95% paired interval]", "of step",
+                              "host MiB added", "runs"], tablefmt="github"))
+        say(f"decode per core: {decode['stream_decode_per_core']:.0f} img/s (stream: libjpeg-turbo + resize), "
+            f"{decode['pil_decode_per_core']:.0f} img/s (PIL decode + Resize)")
+    if args.json and topology.is_main:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _share(rates: Dict[str, List[float]], name: str, of: str) -> str:
+    """The ratio of medians, and the repeats' paired 95% interval of the ratio (the spread between
+    repeats on a busy 2-core machine is often wider than the difference between pipelines)."""
+    if of not in rates:
+        return ""
+    share = f"{statistics.median(rates[name]) / statistics.median(rates[of]) * 100:.1f}%"
+    if name == of or len(rates[name]) < 2:
+        return share
+    low, high = paired_ratio_interval(rates[name], rates[of])
+    return f"{share} [{low * 100:.0f}-{high * 100:.0f}%]"
