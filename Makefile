@@ -12,13 +12,12 @@ DEMO_SWEEP := outputs/sweeps/quickstart_$(shell date +%Y-%m-%d_%H-%M-%S)
 install: $(INSTALLED)
 
 # Editable in "compat" mode: Hydra finds the hydra_plugins namespace package only this way
-# (PEP 660 editable installs hide it, hydra issues #2359 and #3252). --no-compile: pip would
-# byte-compile every module of the 5.5 GB (CUDA) torch and of the dev tools, a third of the
-# install's time; Python compiles the few hundred modules a run imports on first use instead.
+# (PEP 660 editable installs hide it, hydra issues #2359 and #3252). pip byte-compiles what it
+# installs (a third of the install's time): keep it, every process would otherwise compile torch's
+# modules again where PYTHONDONTWRITEBYTECODE is set, as on CI's machines (the suite took 29 minutes).
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --no-compile --disable-pip-version-check -e '.[dev,mpich]' \
-		--config-settings editable_mode=compat 2>&1 \
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,mpich]' --config-settings editable_mode=compat 2>&1 \
 		| { grep -v "^WARNING: Location" || true; }
 	$(BIN)/python -c "import torch, torchvision, hydra, mpi4py, submitit"
 	touch $@
