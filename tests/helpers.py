@@ -22,6 +22,7 @@ from hpcbench.train import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+MPIEXEC = str(Path(sys.executable).parent / "mpiexec")  # MPICH's, installed with mpi4py's mpich extra
 PRIMARY_CONFIG = "hpcbench"
 
 # Small enough for a 2-core machine: 32 px, a few hundred images, 2 epochs, no worker processes,
@@ -62,6 +63,13 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None =
     """Run `python -m hpcbench.train ARGS` in `cwd`, outputs under cwd/outputs."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd, env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """Start `python -m hpcbench.train ARGS` in `cwd` as run_cli runs it, without waiting; stderr
+    is kept, stdout dropped."""
+    return subprocess.Popen([sys.executable, "-m", "hpcbench.train", *args], cwd=cwd, env=cli_env(cwd),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, cli_env, read_json, read_metrics, run_cli, run_dirs
+from helpers import MPIEXEC, TINY, cli_env, read_json, read_metrics, run_cli, run_dirs
 from PIL import Image
 
 from hpcbench.data.pipeline import build_pipeline
@@ -25,7 +25,6 @@ from hpcbench.training.trainer import evaluate
 
 pytestmark = pytest.mark.slow
 
-MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 DDP = [*TINY, "mode=ddp", "mode.ranks=2", "mode.device=cpu"]
 
 

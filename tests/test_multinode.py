@@ -10,7 +10,19 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TINY, cli_env, job_count, manifest, read_json, run_cli, run_dirs, sacct, synthetic_shards
+from helpers import (
+    MPIEXEC,
+    REPO,
+    TINY,
+    cli_env,
+    job_count,
+    manifest,
+    read_json,
+    run_cli,
+    run_dirs,
+    sacct,
+    synthetic_shards,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -64,7 +76,6 @@ def test_one_ddp_step_across_two_hosts_equals_the_serial_step(tmp_path):
 
 
 MPI_START = "from hpcbench.mpi.topology import init_mpi; init_mpi().COMM_WORLD.Barrier()"
-MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 
 
 def _netmod_summary(launcher: list[str], env: dict) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import cli_env, read_json, table_rows
+from helpers import read_json, start_cli, table_rows
 from scipy import stats as scipy_stats
 from statsmodels.stats.proportion import proportion_confint
 
@@ -85,9 +85,7 @@ def study(tmp_path_factory) -> Path:
     thread each: a second thread does little for small 32 px batches (one run: 28 s on two threads,
     34 s on one), and the three together take 62 s on two cores where one after another took 75 s."""
     root = tmp_path_factory.mktemp("verdicts")
-    runs = {name: subprocess.Popen([sys.executable, "-m", "hpcbench.train", *QUICK, *overrides, "mode.cpus_per_rank=1",
-                                    f"hydra.run.dir={root / 'study' / name}"], cwd=root, env=cli_env(root),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runs = {name: start_cli([*QUICK, *overrides, "mode.cpus_per_rank=1", f"hydra.run.dir={root / 'study' / name}"], root)
             for name, overrides in [("baseline", ["mode=cpu", "train.seed=1"]),
                                     ("other_seed", ["mode=ddp", "mode.ranks=1", "mode.device=cpu", "train.seed=2"]),
                                     ("lr_x32", ["mode=ddp", "mode.ranks=1", "mode.device=cpu", "train.seed=3",
