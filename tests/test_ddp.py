@@ -149,6 +149,16 @@ def test_killing_one_rank_ends_the_job_with_an_error_within_a_minute(tmp_path):
     assert "Traceback" not in stderr
 
 
+def test_a_rank_waiting_on_rank_0_when_a_peer_is_lost_is_not_named_missing(tmp_path):
+    program = str(Path(__file__).parent / "mpi_programs" / "blocked_survivor.py")
+    result_file = tmp_path / "line.txt"
+    result = subprocess.run([MPIEXEC, "-disable-auto-cleanup", "-n", "3", sys.executable, program, str(tmp_path),
+                             str(result_file)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    line = result_file.read_text()
+    assert line.startswith(f"rank 2 on {socket.gethostname()} went missing"), (line, result.stderr[-2000:])
+    assert read_json(tmp_path / "ranks" / "rank1.json")["lost_peer"]
+
+
 def test_a_stop_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     job, pids = _start_and_wait_for_an_epoch(tmp_path, [*DDP, "train.epochs=200"])
     signalled_at = time.monotonic()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -20,6 +22,7 @@ from typing import List, Optional, Sequence
 
 from hpcbench.errors import message_line
 from hpcbench.files import atomic_write_json, atomic_write_text
+from hpcbench.mpi.process_group import announce_lost_contact, on_lost_contact
 from hpcbench.rundir import ENV
 
 RANKS_DIR = "ranks"
@@ -62,14 +65,42 @@ def record_failure(run_dir: Path, rank: int, host: str, error: BaseException) ->
     """Write this rank's traceback and record; never raises (the run is failing already)."""
     failure = RankFailure(rank, host, time.time(), one_line(error), is_lost_peer(error),
                           getattr(error, "exit_code", 1))
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    with _recording:
+        _write_record(run_dir, failure, text)
+        _recorded.add(rank)
+    return failure
+
+
+def record_on_lost_contact(run_dir: Path, rank: int, host: str) -> None:
+    """A rank other than 0: when rank 0 announces that it lost contact with a rank, record this
+    one as a survivor, with where its main thread waits, unless it has recorded an error of its
+    own. Without the record, a survivor that waits on rank 0 would be named missing."""
+
+    def record_waiting() -> None:
+        main = sys._current_frames().get(threading.main_thread().ident)
+        stack = "".join(traceback.format_stack(main)) if main else ""
+        failure = RankFailure(rank, host, time.time(), "waiting when rank 0 lost contact with another rank",
+                              lost_peer=True)
+        with _recording:
+            if rank not in _recorded:
+                _write_record(run_dir, failure, f"waiting in:\n{stack}")
+
+    on_lost_contact(record_waiting)
+
+
+# The main thread's own error outranks the survivor's record written by record_on_lost_contact.
+_recording = threading.Lock()
+_recorded: set = set()
+
+
+def _write_record(run_dir: Path, failure: RankFailure, log_text: str) -> None:
     folder = Path(run_dir) / RANKS_DIR
     try:
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        atomic_write_text(folder / f"rank{rank}.log", f"rank {rank} on {host}\n{text}")
-        atomic_write_json(folder / f"rank{rank}.json", asdict(failure))
-    except OSError:
+        atomic_write_text(folder / f"rank{failure.rank}.log", f"{failure.describe()}\n{log_text}")
+        atomic_write_json(folder / f"rank{failure.rank}.json", asdict(failure))
+    except OSError:  # never raises: the run is failing already
         pass
-    return failure
 
 
 def clear_failures(run_dir: Path) -> None:
@@ -138,4 +169,5 @@ def failure_line(error: BaseException, run_dir: Path, rank: int, hosts: Sequence
     own = record_failure(run_dir, rank, hosts[rank], error)
     if rank != 0 or not own.lost_peer:
         return f"{own.describe()}: {own.error}"
+    announce_lost_contact()  # a survivor waiting on rank 0 records where it waits (record_on_lost_contact)
     return first_failure(wait_for_records(run_dir, len(hosts)), hosts) or own.error

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from hpcbench.config import RunConfig, collective_timeout
 from hpcbench.errors import ConfigError, DeviceError, HpcbenchError
-from hpcbench.mpi.failures import clear_failures, one_line, record_failure
+from hpcbench.mpi.failures import clear_failures, one_line, record_failure, record_on_lost_contact
 from hpcbench.mpi.process_group import init_process_group, resolve_backend, shutdown
 from hpcbench.mpi.topology import Topology, allgather, exit_without_mpi_finalize, mpi_topology
 from hpcbench.rundir import RunSummary, read_summary
@@ -46,6 +46,8 @@ def train_rank(cfg: RunConfig, out_dir: Path,
     topology = replace(topology, store_address=store)
     if topology.is_main:  # an earlier attempt's failure records would be read as this one's
         clear_failures(out_dir)
+    else:
+        record_on_lost_contact(out_dir, topology.rank, topology.hosts[topology.rank])
     dist.barrier()
     try:
         summary = fit(cfg, out_dir, topology)
