@@ -22,7 +22,8 @@ from typing import List, Optional, Sequence
 
 from hpcbench.errors import message_line
 from hpcbench.files import atomic_write_json, atomic_write_text
-from hpcbench.mpi.process_group import announce_lost_contact, on_lost_contact
+from hpcbench.mpi import lost_contact
+from hpcbench.mpi.topology import Topology
 from hpcbench.rundir import ENV
 
 RANKS_DIR = "ranks"
@@ -72,10 +73,11 @@ def record_failure(run_dir: Path, rank: int, host: str, error: BaseException) ->
     return failure
 
 
-def record_on_lost_contact(run_dir: Path, rank: int, host: str) -> None:
-    """A rank other than 0: when rank 0 announces that it lost contact with a rank, record this
-    one as a survivor, with where its main thread waits, unless it has recorded an error of its
-    own. Without the record, a survivor that waits on rank 0 would be named missing."""
+def record_on_lost_contact(run_dir: Path, topology: Topology) -> None:
+    """Every rank, together: the others, when rank 0 says it lost contact with a rank, record
+    themselves as survivors, with where their main thread waits, unless they have recorded an
+    error of their own (lost_contact: a survivor waiting on rank 0 would be named missing)."""
+    rank, host = topology.rank, topology.hosts[topology.rank]
 
     def record_waiting() -> None:
         main = sys._current_frames().get(threading.main_thread().ident)
@@ -86,7 +88,7 @@ def record_on_lost_contact(run_dir: Path, rank: int, host: str) -> None:
             if rank not in _recorded:
                 _write_record(run_dir, failure, f"waiting in:\n{stack}")
 
-    on_lost_contact(record_waiting)
+    lost_contact.listen(topology, record_waiting)
 
 
 # The main thread's own error outranks the survivor's record written by record_on_lost_contact.
@@ -169,5 +171,5 @@ def failure_line(error: BaseException, run_dir: Path, rank: int, hosts: Sequence
     own = record_failure(run_dir, rank, hosts[rank], error)
     if rank != 0 or not own.lost_peer:
         return f"{own.describe()}: {own.error}"
-    announce_lost_contact()  # a survivor waiting on rank 0 records where it waits (record_on_lost_contact)
+    lost_contact.tell_the_others()  # a survivor waiting on rank 0 records where it waits
     return first_failure(wait_for_records(run_dir, len(hosts)), hosts) or own.error

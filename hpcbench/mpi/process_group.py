@@ -6,8 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-import threading
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -17,10 +16,16 @@ from hpcbench.mpi.topology import Topology, barrier, bcast
 
 
 def routable_address(nodes: int) -> str:
-    """An address the other ranks can reach rank 0 at. One node: loopback. Several nodes: this
-    host's address as the resolver gives it, or HPCBENCH_MASTER_ADDR when that is set."""
+    """An address the other ranks can reach rank 0 at: HPCBENCH_MASTER_ADDR when that is set,
+    else this_host_address."""
     if "HPCBENCH_MASTER_ADDR" in os.environ:
         return os.environ["HPCBENCH_MASTER_ADDR"]
+    return this_host_address(nodes)
+
+
+def this_host_address(nodes: int) -> str:
+    """An address the other ranks can reach this one at. One node: loopback. Several nodes: this
+    host's address as the resolver gives it."""
     if nodes == 1:
         return "127.0.0.1"
     for *_, sockaddr in socket.getaddrinfo(socket.getfqdn(), None, socket.AF_INET):
@@ -38,9 +43,6 @@ def routable_address(nodes: int) -> str:
 MAIN_RANK_WAIT_S = 3600
 
 _store: Optional[dist.TCPStore] = None  # this process's connection to rank 0's store
-_store_address: Optional[Tuple[str, int]] = None
-# The key by which rank 0 tells the other ranks that it has lost contact with one of them.
-_LOST_CONTACT = "hpcbench/lost_contact"
 
 
 def nccl_variables() -> Dict[str, str]:
@@ -59,7 +61,7 @@ def init_process_group(topology: Topology, backend: str, timeout_s: int, device:
     set before the backend reads them. Under NCCL the group is bound to this rank's GPU
     (`device_id`): its first collective then cannot guess a device from the rank number, which
     picks another rank's GPU under per-task GPU binding or cyclic task placement."""
-    global _store, _store_address
+    global _store
     os.environ.update(variables or {})
     if backend == "nccl":
         for name, value in nccl_variables().items():
@@ -82,7 +84,7 @@ def init_process_group(topology: Topology, backend: str, timeout_s: int, device:
         store = dist.TCPStore(host, port, topology.world_size, is_master=False, timeout=timeout)
     dist.init_process_group(backend, store=store, rank=topology.rank, world_size=topology.world_size, timeout=timeout,
                             device_id=group_device(backend, device))
-    _store, _store_address = store, (host, port)
+    _store = store
     return f"{host}:{port}"
 
 
@@ -115,38 +117,8 @@ def all_reduce_sum(tensor: torch.Tensor, topology: Topology) -> torch.Tensor:
     return tensor
 
 
-def announce_lost_contact() -> None:
-    """Rank 0, on an error that says a rank is gone: tell the others, through its store. A rank
-    that waits on rank 0 in a collective (its neighbour in a ring) meets no error of its own while
-    rank 0 lives, and rank 0 cannot close its connections on demand: gloo closes them only when
-    the last reference to the group goes, and the error's traceback holds one."""
-    if _store is not None:
-        try:
-            _store.set(_LOST_CONTACT, "1")
-        except RuntimeError:  # the store's own connection is broken: nobody to tell
-            pass
-
-
-def on_lost_contact(then: Callable[[], None]) -> None:
-    """Any other rank: call `then` in a daemon thread once rank 0 announces a lost contact. The
-    thread has a connection to the store of its own: the main thread's may be in use."""
-    if _store_address is None:
-        return
-    host, port = _store_address
-
-    def watch() -> None:
-        try:
-            store = dist.TCPStore(host, port, is_master=False, timeout=datetime.timedelta(seconds=60))
-            store.wait([_LOST_CONTACT], datetime.timedelta(days=365))
-        except RuntimeError:  # rank 0 has ended, and its store with it: nothing was announced
-            return
-        then()
-
-    threading.Thread(target=watch, name="hpcbench-lost-contact", daemon=True).start()
-
-
 def shutdown() -> None:
-    global _store, _store_address
+    global _store
     if dist.is_initialized():
         dist.destroy_process_group()
-    _store, _store_address = None, None
+    _store = None

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from hpcbench.config import RunConfig, collective_timeout
 from hpcbench.errors import ConfigError, DeviceError, HpcbenchError
 from hpcbench.mpi.failures import clear_failures, one_line, record_failure, record_on_lost_contact
+from hpcbench.mpi.lost_contact import stop_listening
 from hpcbench.mpi.process_group import init_process_group, resolve_backend, shutdown
 from hpcbench.mpi.topology import Topology, allgather, exit_without_mpi_finalize, mpi_topology
 from hpcbench.rundir import RunSummary, read_summary
@@ -46,8 +47,7 @@ def train_rank(cfg: RunConfig, out_dir: Path,
     topology = replace(topology, store_address=store)
     if topology.is_main:  # an earlier attempt's failure records would be read as this one's
         clear_failures(out_dir)
-    else:
-        record_on_lost_contact(out_dir, topology.rank, topology.hosts[topology.rank])
+    record_on_lost_contact(out_dir, topology)
     dist.barrier()
     try:
         summary = fit(cfg, out_dir, topology)
@@ -59,6 +59,7 @@ def train_rank(cfg: RunConfig, out_dir: Path,
             exit_without_mpi_finalize(exit_code)
         raise RankFailed(line, quiet=not topology.is_main, exit_code=exit_code) from error
     finally:
+        stop_listening()
         shutdown()
     return summary if topology.is_main else None
 

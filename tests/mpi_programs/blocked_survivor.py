@@ -21,8 +21,7 @@ from hpcbench.mpi.topology import init_mpi, mpi_topology
 def main(run_dir: Path, result_path: Path) -> None:
     topology = mpi_topology(init_mpi().COMM_WORLD.Get_size())
     init_process_group(topology, "gloo", 60)
-    if not topology.is_main:  # as train_rank does
-        record_on_lost_contact(run_dir, topology.rank, topology.hosts[topology.rank])
+    record_on_lost_contact(run_dir, topology)  # as train_rank does
     dist.barrier()  # every connection is up
     if topology.rank == 2:
         os._exit(1)

@@ -1,0 +1,107 @@
+"""Rank 0 tells the other ranks that it has lost contact with one of them.
+
+When a host is lost, a rank on a surviving host may be waiting on rank 0 in a collective (its
+neighbour in a ring), not on a lost rank: it meets no error of its own while rank 0 lives, and
+rank 0, waiting for the records of the failed ranks (failures.failure_line), would name it
+missing. Rank 0 cannot close its connections to make it fail: gloo closes them only when the last
+reference to the group goes, and the error's traceback holds one. So every other rank listens on
+a TCP port of its own, in a thread; rank 0 connects to each and says so, and each records itself
+as a survivor. Plain sockets, not a second torch.distributed store: a thread inside the store's
+C++ code when its server goes away prints a C++ stack, and when the interpreter exits meanwhile,
+aborts the process (a completed run then fails).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Callable, List, Optional, Tuple
+
+from hpcbench.errors import ConfigError
+from hpcbench.mpi.process_group import this_host_address
+from hpcbench.mpi.topology import Topology, allgather
+
+log = logging.getLogger("hpcbench")
+
+Address = Tuple[str, int]
+
+_MESSAGE = b"hpcbench: lost contact\n"
+CONNECT_TIMEOUT_S = 2.0  # per rank; a lost host does not answer at all
+JOIN_S = 5.0
+
+
+class _Listener:
+    """A rank other than 0: calls `then` once rank 0's message arrives, until closed."""
+
+    def __init__(self, host: str, then: Callable[[], None]):
+        self._socket = socket.create_server((host, 0))
+        self.address: Address = (host, self._socket.getsockname()[1])
+        self._then = then
+        self._thread = threading.Thread(target=self._listen, name="hpcbench-lost-contact", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:  # closed: the rank is ending
+                return
+            with connection:
+                connection.settimeout(CONNECT_TIMEOUT_S)
+                try:
+                    told = connection.recv(len(_MESSAGE)) == _MESSAGE
+                except OSError:
+                    told = False
+            if told:  # anything else (a port scanner) is ignored
+                self._then()
+                return
+
+    def close(self) -> None:
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)  # wakes accept(), where close() alone may not
+        except OSError:
+            pass
+        self._socket.close()
+        self._thread.join(JOIN_S)
+
+
+_listener: Optional[_Listener] = None  # ranks other than 0
+_others: List[Address] = []  # rank 0: where the other ranks listen
+
+
+def listen(topology: Topology, then: Callable[[], None]) -> None:
+    """Every rank, together (an MPI allgather): the others start listening, rank 0 learns where."""
+    global _listener, _others
+    if not topology.is_main:
+        try:
+            _listener = _Listener(this_host_address(topology.nodes), then)
+        except (ConfigError, OSError) as error:  # the run goes on; only this rank's survivor record is lost
+            log.warning("rank %d cannot listen for rank 0's word of a lost rank: %s", topology.rank, error)
+    addresses = allgather(_listener.address if _listener else None)
+    if topology.is_main:
+        _others = [address for address in addresses if address]
+
+
+def tell_the_others() -> None:
+    """Rank 0: say it to every other rank at once, waiting at most CONNECT_TIMEOUT_S (a lost
+    rank's host does not answer; a lost rank's port refuses)."""
+    threads = [threading.Thread(target=_tell, args=(address,), daemon=True) for address in _others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(CONNECT_TIMEOUT_S + 1)
+
+
+def _tell(address: Address) -> None:
+    try:
+        with socket.create_connection(address, timeout=CONNECT_TIMEOUT_S) as connection:
+            connection.sendall(_MESSAGE)
+    except OSError:
+        pass
+
+
+def stop_listening() -> None:
+    global _listener, _others
+    if _listener is not None:
+        _listener.close()
+    _listener, _others = None, []
