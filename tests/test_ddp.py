@@ -35,11 +35,20 @@ def _mpiexec(args: list[str], cwd: Path, ranks: int = 2, timeout: float = 300, e
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_rank_run_writes_a_complete_run_directory(tmp_path):
-    # The profile's choice of NCCL's interface reaches every rank (and env.json), under gloo too.
-    result = run_cli([*DDP, "hardware.nccl_socket_ifname=lo"], tmp_path)
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory) -> Path:
+    """One 2-rank CLI run that the tests below read. The profile's choice of NCCL's interface, to
+    be seen reaching every rank under gloo too; 75 test images, not divisible by 2 ranks, so
+    DistributedSampler's padding would be visible in the test accuracy."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    result = run_cli([*DDP, "hardware.nccl_socket_ifname=lo", "data.limit_test=75"], root)
     assert result.returncode == 0, result.stderr
-    [run_dir] = run_dirs(tmp_path / "outputs")
+    [run_dir] = run_dirs(root / "outputs")
+    return run_dir
+
+
+def test_two_rank_run_writes_a_complete_run_directory(two_rank_run):
+    run_dir = two_rank_run
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "completed"
     assert (summary["world_size"], summary["nodes"], summary["ranks_per_node"]) == (2, 1, 2)
@@ -75,11 +84,8 @@ def test_one_ddp_step_equals_one_serial_step_on_the_doubled_batch(tmp_path):
     assert worst < 1e-5  # ... exactly as the serial step did
 
 
-def test_global_test_accuracy_is_exact_and_matches_a_serial_evaluation(tmp_path):
-    # 75 test images: not divisible by 2 ranks, so DistributedSampler's padding would be visible.
-    result = run_cli([*DDP, "data.limit_test=75"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    [run_dir] = run_dirs(tmp_path / "outputs")
+def test_global_test_accuracy_is_exact_and_matches_a_serial_evaluation(two_rank_run):
+    run_dir = two_rank_run
     summary = read_json(run_dir / "summary.json")
     assert summary["test_images"] == 75
 

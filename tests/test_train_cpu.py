@@ -110,9 +110,3 @@ def test_pretrained_without_cached_weights_fails_before_training(tmp_path):
     assert result.returncode == 1
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth") in result.stderr
     assert not list((tmp_path / "outputs").rglob("metrics.jsonl"))
-
-
-def test_cifar10_missing_offline_gives_the_staging_command(tmp_path):
-    result = run_cli([*TINY, "data=cifar10", "data.download=false", f"data.root={tmp_path / 'c10'}"], tmp_path)
-    assert result.returncode == 1
-    assert "torchvision.datasets.CIFAR10" in result.stderr and "download=True" in result.stderr
