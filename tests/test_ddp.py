@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from hpcbench.data.pipeline import build_pipeline
 from hpcbench.data.sampling import train_shard_sampler
 from hpcbench.data.sources import ImageFolderSource
 from hpcbench.models import build_model
+from hpcbench.mpi import lost_contact
 from hpcbench.mpi.topology import SERIAL
 from hpcbench.rundir import read_resolved_config
 from hpcbench.training.step import StepOptions
@@ -163,6 +165,25 @@ def test_a_rank_waiting_on_rank_0_when_a_peer_is_lost_is_not_named_missing(tmp_p
     line = result_file.read_text()
     assert line.startswith(f"rank 2 on {socket.gethostname()} went missing"), (line, result.stderr[-2000:])
     assert read_json(tmp_path / "ranks" / "rank1.json")["lost_peer"]
+
+
+def test_a_survivors_listener_takes_rank_0s_word_and_nothing_else():
+    told = threading.Event()
+    listener = lost_contact.Listener("127.0.0.1", told.set)
+    try:
+        with socket.create_connection(listener.address) as stranger:  # a port scanner, say
+            stranger.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert not told.wait(0.5)
+        lost_contact.tell([listener.address, ("127.0.0.1", _closed_port())])  # a lost rank's port refuses
+        assert told.wait(10)
+    finally:
+        listener.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_a_stop_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):

@@ -30,7 +30,7 @@ CONNECT_TIMEOUT_S = 2.0  # per rank; a lost host does not answer at all
 JOIN_S = 5.0
 
 
-class _Listener:
+class Listener:
     """A rank other than 0: calls `then` once rank 0's message arrives, until closed."""
 
     def __init__(self, host: str, then: Callable[[], None]):
@@ -65,7 +65,7 @@ class _Listener:
         self._thread.join(JOIN_S)
 
 
-_listener: Optional[_Listener] = None  # ranks other than 0
+_listener: Optional[Listener] = None  # ranks other than 0
 _others: List[Address] = []  # rank 0: where the other ranks listen
 
 
@@ -74,7 +74,7 @@ def listen(topology: Topology, then: Callable[[], None]) -> None:
     global _listener, _others
     if not topology.is_main:
         try:
-            _listener = _Listener(this_host_address(topology.nodes), then)
+            _listener = Listener(this_host_address(topology.nodes), then)
         except (ConfigError, OSError) as error:  # the run goes on; only this rank's survivor record is lost
             log.warning("rank %d cannot listen for rank 0's word of a lost rank: %s", topology.rank, error)
     addresses = allgather(_listener.address if _listener else None)
@@ -83,9 +83,14 @@ def listen(topology: Topology, then: Callable[[], None]) -> None:
 
 
 def tell_the_others() -> None:
-    """Rank 0: say it to every other rank at once, waiting at most CONNECT_TIMEOUT_S (a lost
-    rank's host does not answer; a lost rank's port refuses)."""
-    threads = [threading.Thread(target=_tell, args=(address,), daemon=True) for address in _others]
+    """Rank 0: say it to every other rank (after listen)."""
+    tell(_others)
+
+
+def tell(addresses: List[Address]) -> None:
+    """Say it to every listener at once, waiting at most CONNECT_TIMEOUT_S (a lost rank's host
+    does not answer; a lost rank's port refuses)."""
+    threads = [threading.Thread(target=_tell, args=(address,), daemon=True) for address in addresses]
     for thread in threads:
         thread.start()
     for thread in threads:
