@@ -22,9 +22,9 @@ pytestmark = pytest.mark.slow
 
 COMPARED = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
 THREE_EPOCHS = [*TINY, "train.epochs=3", "data.num_workers=1"]
-# A run that a test only starts from is trained in this process (fit) where no exact comparison
-# with a CLI run depends on it: the command line is what the test then runs on it, and each CLI
-# start costs seconds of imports.
+# A run that a test only starts from, or compares with, is trained in this process (fit): the
+# command line is what the test then runs, each CLI start costs seconds of imports, and an
+# in-process run equals the CLI's exactly (test_train_cpu).
 
 
 def _metrics(run_dir: Path) -> list[list]:
@@ -50,9 +50,9 @@ def _wait_for_epochs(run_dir: Path, epochs: int, process: subprocess.Popen, time
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     """THREE_EPOCHS trained without a break: what every resumed run of this module must equal."""
-    root = tmp_path_factory.mktemp("uninterrupted")
-    assert run_cli([*THREE_EPOCHS, f"hydra.run.dir={root / 'run'}"], root).returncode == 0
-    return root / "run"
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    fit(compose_run(THREE_EPOCHS), run_dir)
+    return run_dir
 
 
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_metrics(tmp_path, uninterrupted):
@@ -88,8 +88,7 @@ def test_a_completed_run_is_not_trained_again(tmp_path):
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"  # keeps every checkpoint, so it can be extended to 3 epochs
-    assert run_cli([*THREE_EPOCHS, "train.epochs=2", "train.keep_checkpoints=all", f"hydra.run.dir={run_dir}"],
-                   tmp_path).returncode == 0
+    fit(compose_run([*THREE_EPOCHS, "train.epochs=2", "train.keep_checkpoints=all"]), run_dir)
     last = run_dir / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # a write cut short
     result = run_cli([*THREE_EPOCHS, f"hydra.run.dir={run_dir}"], tmp_path)
