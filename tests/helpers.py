@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -70,6 +71,13 @@ def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
     is kept, stdout dropped."""
     return subprocess.Popen([sys.executable, "-m", "hpcbench.train", *args], cwd=cwd, env=cli_env(cwd),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at `address` (now)."""
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        return probe.getsockname()[1]
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MPIEXEC, TINY, cli_env, read_json, read_metrics, run_cli, run_dirs
+from helpers import MPIEXEC, TINY, cli_env, free_port, read_json, read_metrics, run_cli, run_dirs
 from PIL import Image
 
 from hpcbench.data.pipeline import build_pipeline
@@ -174,16 +174,10 @@ def test_a_survivors_listener_takes_rank_0s_word_and_nothing_else():
         with socket.create_connection(listener.address) as stranger:  # a port scanner, say
             stranger.sendall(b"GET / HTTP/1.0\r\n\r\n")
         assert not told.wait(0.5)
-        lost_contact.tell([listener.address, ("127.0.0.1", _closed_port())])  # a lost rank's port refuses
+        lost_contact.tell([listener.address, ("127.0.0.1", free_port())])  # a lost rank's port refuses
         assert told.wait(10)
     finally:
         listener.close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_a_stop_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, compose_run
+from helpers import REPO, compose_run, free_port
 from PIL import Image
 
 from hpcbench.data.pipeline import build_pipeline
@@ -137,15 +136,9 @@ def test_serve_without_gradio_says_how_to_install_it(trained_run, tmp_path):
     assert result.stderr.strip() == "hpcbench-serve: error: gradio is not installed; pip install 'hpcbench[serve]'"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(trained_run, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio")), "GRADIO_ANALYTICS_ENABLED": "False",
            "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "hpcbench.serve.app", str(trained_run), "--port", str(port)],

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TINY, cli_env, read_json, run_cli
+from helpers import REPO, TINY, cli_env, free_port, read_json, run_cli
 
 pytestmark = pytest.mark.slow
 mlflow = pytest.importorskip("mlflow")
@@ -34,18 +34,12 @@ def _address() -> str:
             return "127.0.0.1"
 
 
-def _free_port(address: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
-
-
 class Server:
     """`mlflow server` with a sqlite store in `folder`; start() and stop() any number of times."""
 
     def __init__(self, folder: Path, address: str):
         self.folder, self.address = folder, address
-        self.port = _free_port(address)
+        self.port = free_port(address)
         self.uri = f"http://{address}:{self.port}"
         self.process: subprocess.Popen | None = None
 
@@ -217,7 +211,7 @@ def _upload(run_dir: Path, report: Path, uri: str) -> subprocess.CompletedProces
 
 
 def test_an_unreachable_tracker_at_upload_is_one_line_and_the_report_is_kept(offline_run, tmp_path):
-    port = _free_port("127.0.0.1")
+    port = free_port("127.0.0.1")
     result = _upload(offline_run, tmp_path / "report", f"http://127.0.0.1:{port}")
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]

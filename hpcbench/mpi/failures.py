@@ -69,7 +69,6 @@ def record_failure(run_dir: Path, rank: int, host: str, error: BaseException) ->
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     with _recording:
         _write_record(run_dir, failure, text)
-        _recorded.add(rank)
     return failure
 
 
@@ -77,7 +76,7 @@ def record_on_lost_contact(run_dir: Path, topology: Topology) -> None:
     """Every rank, together: the others, when rank 0 says it lost contact with a rank, record
     themselves as survivors, with where their main thread waits, unless they have recorded an
     error of their own (lost_contact: a survivor waiting on rank 0 would be named missing)."""
-    rank, host = topology.rank, topology.hosts[topology.rank]
+    rank, host = topology.rank, topology.host
 
     def record_waiting() -> None:
         main = sys._current_frames().get(threading.main_thread().ident)
@@ -85,7 +84,7 @@ def record_on_lost_contact(run_dir: Path, topology: Topology) -> None:
         failure = RankFailure(rank, host, time.time(), "waiting when rank 0 lost contact with another rank",
                               lost_peer=True)
         with _recording:
-            if rank not in _recorded:
+            if not _record_path(run_dir, rank).exists():
                 _write_record(run_dir, failure, f"waiting in:\n{stack}")
 
     lost_contact.listen(topology, record_waiting)
@@ -93,14 +92,17 @@ def record_on_lost_contact(run_dir: Path, topology: Topology) -> None:
 
 # The main thread's own error outranks the survivor's record written by record_on_lost_contact.
 _recording = threading.Lock()
-_recorded: set = set()
+
+
+def _record_path(run_dir: Path, rank: int) -> Path:
+    return Path(run_dir) / RANKS_DIR / f"rank{rank}.json"
 
 
 def _write_record(run_dir: Path, failure: RankFailure, log_text: str) -> None:
-    folder = Path(run_dir) / RANKS_DIR
+    path = _record_path(run_dir, failure.rank)
     try:
-        atomic_write_text(folder / f"rank{failure.rank}.log", f"{failure.describe()}\n{log_text}")
-        atomic_write_json(folder / f"rank{failure.rank}.json", asdict(failure))
+        atomic_write_text(path.with_suffix(".log"), f"{failure.describe()}\n{log_text}")
+        atomic_write_json(path, asdict(failure))
     except OSError:  # never raises: the run is failing already
         pass
 

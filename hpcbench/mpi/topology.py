@@ -39,6 +39,10 @@ class Topology:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def host(self) -> str:
+        return self.hosts[self.rank]
+
 
 SERIAL = Topology()
 

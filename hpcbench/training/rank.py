@@ -40,7 +40,7 @@ def train_rank(cfg: RunConfig, out_dir: Path,
     try:
         device = agreed_device(cfg, topology)  # NCCL wants the GPU chosen before the group starts
     except DeviceError as error:
-        record_failure(out_dir, topology.rank, topology.hosts[topology.rank], error)
+        record_failure(out_dir, topology.rank, topology.host, error)
         raise RankFailed(str(error), quiet=not topology.is_main, exit_code=error.exit_code) from error
     store = init_process_group(topology, resolve_backend(cfg.mode.backend, cfg.mode.device),
                                collective_timeout(cfg), device, cfg.hardware.network_variables())
@@ -73,7 +73,7 @@ def agreed_device(cfg: RunConfig, topology: Topology) -> torch.device:
         device, problem = select_device(cfg.mode.device, topology, cfg.mode.name), ""
     except Exception as error:  # any: CUDA's own (a GPU busy in exclusive mode) as well as hpcbench's
         reason = str(error) if isinstance(error, DeviceError) else one_line(error)
-        device, problem = None, f"rank {topology.rank} on {topology.hosts[topology.rank]}: {reason}"
+        device, problem = None, f"rank {topology.rank} on {topology.host}: {reason}"
     problems = [line for line in allgather(problem) if line]
     if problems:
         raise DeviceError(problems[0])
