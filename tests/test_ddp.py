@@ -67,6 +67,14 @@ def test_two_rank_run_writes_a_complete_run_directory(two_rank_run):
     assert log.count("epoch 2/2") == 1  # rank 1 stays quiet
 
 
+def test_the_process_that_starts_the_ranks_imports_no_torch():
+    """Every DDP launch would otherwise spend seconds importing torch before any rank starts."""
+    check = ("import sys, hpcbench.train, hpcbench.mpi.launch, hpcbench.rundir, hpcbench.training.continuation; "
+             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def test_ranks_started_by_the_user_share_one_run_directory(tmp_path):
     result = _mpiexec(["-m", "hpcbench.train", *DDP], tmp_path)
     assert result.returncode == 0, result.stderr

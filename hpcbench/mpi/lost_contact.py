@@ -18,8 +18,7 @@ import threading
 from typing import Callable, List, Optional, Tuple
 
 from hpcbench.errors import ConfigError
-from hpcbench.mpi.process_group import this_host_address
-from hpcbench.mpi.topology import Topology, allgather
+from hpcbench.mpi.topology import Topology, allgather, this_host_address
 
 log = logging.getLogger("hpcbench")
 

@@ -5,36 +5,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
 
-from hpcbench.errors import ConfigError
-from hpcbench.mpi.topology import Topology, barrier, bcast
-
-
-def routable_address(nodes: int) -> str:
-    """An address the other ranks can reach rank 0 at: HPCBENCH_MASTER_ADDR when that is set,
-    else this_host_address."""
-    if "HPCBENCH_MASTER_ADDR" in os.environ:
-        return os.environ["HPCBENCH_MASTER_ADDR"]
-    return this_host_address(nodes)
-
-
-def this_host_address(nodes: int) -> str:
-    """An address the other ranks can reach this one at. One node: loopback. Several nodes: this
-    host's address as the resolver gives it."""
-    if nodes == 1:
-        return "127.0.0.1"
-    for *_, sockaddr in socket.getaddrinfo(socket.getfqdn(), None, socket.AF_INET):
-        if not sockaddr[0].startswith("127."):
-            return sockaddr[0]
-    raise ConfigError(
-        f"{socket.getfqdn()} resolves only to loopback; set HPCBENCH_MASTER_ADDR to an address of rank 0's node"
-    )
-
+from hpcbench.mpi.topology import Topology, barrier, bcast, routable_address
 
 # How long the other ranks wait for rank 0 to pass a point where it alone works (writing the
 # epoch's metrics and checkpoints): a large model's checkpoint on a busy shared file system takes

@@ -47,6 +47,27 @@ class Topology:
 SERIAL = Topology()
 
 
+def routable_address(nodes: int) -> str:
+    """An address the other ranks can reach rank 0 at: HPCBENCH_MASTER_ADDR when that is set,
+    else this_host_address."""
+    if "HPCBENCH_MASTER_ADDR" in os.environ:
+        return os.environ["HPCBENCH_MASTER_ADDR"]
+    return this_host_address(nodes)
+
+
+def this_host_address(nodes: int) -> str:
+    """An address the other ranks can reach this one at. One node: loopback. Several nodes: this
+    host's address as the resolver gives it."""
+    if nodes == 1:
+        return "127.0.0.1"
+    for *_, sockaddr in socket.getaddrinfo(socket.getfqdn(), None, socket.AF_INET):
+        if not sockaddr[0].startswith("127."):
+            return sockaddr[0]
+    raise ConfigError(
+        f"{socket.getfqdn()} resolves only to loopback; set HPCBENCH_MASTER_ADDR to an address of rank 0's node"
+    )
+
+
 # MPI's own GPU support, off unless the user set it: a CUDA-aware MPI may create a context on every
 # GPU of the node in MPI_Init, which fails on GPUs in exclusive-process mode and takes memory on
 # the others' GPUs, and hpcbench never hands MPI a GPU buffer. MPICH; Open MPI 4 (opal_cuda_support)
