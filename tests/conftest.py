@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import warm_cli
 from helpers import CIFAR_TARBALL
 
 # The first images of each class that the tests read (data.limit_train / limit_test take the first
@@ -46,3 +47,10 @@ def slurm_cluster():
         if os.environ.get("CI"):
             pytest.fail("no Slurm cluster is running: .ci/run must start it (tests/cluster/cluster.sh start)")
         pytest.skip("no Slurm cluster here; start one with: tests/cluster/cluster.sh start --hosts 2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_interpreter():
+    """The fork server that helpers.run_cli's commands start from, started before any test can
+    change the environment it imports torch in."""
+    warm_cli.start_server()

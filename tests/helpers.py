@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import warm_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -60,10 +61,14 @@ def cli_env(cwd: Path, extra: dict | None = None) -> dict:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None,
-            module: str = "hpcbench.train") -> subprocess.CompletedProcess:
-    """Run `python -m hpcbench.train ARGS` in `cwd`, outputs under cwd/outputs."""
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd, env),
-                          capture_output=True, text=True, timeout=timeout)
+            module: str = "hpcbench.train", fresh_interpreter: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m MODULE ARGS` in `cwd`, outputs under cwd/outputs: forked from a process that
+    has imported torch and Hydra already (warm_cli), or in a new interpreter when the test is about
+    what the interpreter imports or reads at start-up."""
+    if fresh_interpreter:
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd, env),
+                              capture_output=True, text=True, timeout=timeout)
+    return warm_cli.run(module, args, cwd, cli_env(cwd, env), timeout)
 
 
 def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:

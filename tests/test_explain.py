@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -154,8 +152,7 @@ def test_probes_and_costs_are_recorded(sweep):
 @pytest.mark.slow
 def test_the_report_says_where_the_time_goes_and_what_the_network_allows(sweep, tmp_path):
     out = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(sweep), "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    result = run_cli([str(sweep), "--out", str(out)], tmp_path, module="hpcbench.report.cli")
     assert result.returncode == 0, result.stderr
     report = (out / "report.md").read_text()
     for heading in ("## Why: where a step's time goes", "## Against the ceilings: efficiency and cost",

@@ -263,8 +263,7 @@ def test_the_report_reads_a_sweep_whose_jobs_still_run(tmp_path):
     try:
         _wait_for_epochs(sweep / "1", 1, process)
         out = tmp_path / "report"
-        result = subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(sweep), "--out", str(out)],
-                                capture_output=True, text=True, timeout=120)
+        result = run_cli([str(sweep), "--out", str(out)], tmp_path, timeout=120, module="hpcbench.report.cli")
         assert result.returncode == 0, result.stderr
         report = (out / "report.md").read_text()
         assert "Runs: 1 completed, 1 failed or incomplete" in report

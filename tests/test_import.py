@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
-from helpers import read_json, table_rows
+from helpers import read_json, run_cli, table_rows
 
 
 def _log(path: Path, minutes: float, best: float, mpi: bool = False) -> Path:
@@ -28,8 +27,7 @@ def _log(path: Path, minutes: float, best: float, mpi: bool = False) -> Path:
 
 
 def _import(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcbench.original_logs", *map(str, args)], capture_output=True,
-                          text=True, timeout=120)
+    return run_cli(list(map(str, args)), Path.cwd(), timeout=120, module="hpcbench.original_logs")
 
 
 def test_the_original_studys_logs_become_runs_the_report_reads(tmp_path):
@@ -51,8 +49,7 @@ def test_the_original_studys_logs_become_runs_the_report_reads(tmp_path):
     assert read_json(out / "serial" / "summary.json")["accuracy_scope"] == "global"
 
     report_dir = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(out), "--out", str(report_dir)],
-                            capture_output=True, text=True, timeout=300)
+    result = run_cli([str(out), "--out", str(report_dir)], tmp_path, module="hpcbench.report.cli")
     assert result.returncode == 0, result.stderr
     report = (report_dir / "report.md").read_text()
     rows = {row[1]: row for row in table_rows(report, "## Summary (the original study's table)")}

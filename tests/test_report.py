@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import re
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import ORIGINAL, make_run, table_rows
+from helpers import ORIGINAL, make_run, run_cli, table_rows
 from scipy import stats
 
 from hpcbench.report import load_runs
@@ -138,8 +136,7 @@ def test_broken_and_unfinished_runs_are_listed_with_reasons(original_study, tmp_
 
 def test_empty_directory_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(tmp_path / "empty"), "--out",
-                             str(tmp_path / "out")], capture_output=True, text=True)
+    result = run_cli([str(tmp_path / "empty"), "--out", str(tmp_path / "out")], tmp_path, module="hpcbench.report.cli")
     assert result.returncode == 1
     assert result.stderr.strip() == f"hpcbench-report: error: no run directories under {tmp_path / 'empty'}"
     assert not (tmp_path / "out").exists()

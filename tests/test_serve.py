@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, compose_run, free_port
+from helpers import REPO, compose_run, free_port, run_cli
 from PIL import Image
 
 from hpcbench.data.pipeline import build_pipeline
@@ -42,8 +42,7 @@ def trained_run(tmp_path_factory, cifar_root) -> Path:
 
 
 def _predict(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcbench.serve.predict_cli", *args], capture_output=True, text=True,
-                          timeout=120)
+    return run_cli(args, Path.cwd(), timeout=120, module="hpcbench.serve.predict_cli")
 
 
 def _evaluation_batches(trained_run: Path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, cli_env, manifest, sacct
+from helpers import REPO, cli_env, manifest, run_cli, sacct
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
@@ -63,8 +63,7 @@ def test_a_foreign_app_sweeps_on_slurm_as_with_hydras_basic_launcher(tmp_path):
     jobs = manifest(tmp_path / "slurm")["jobs"]
     assert [job["request"]["partition"] for job in jobs] == ["debug"] * 3
     assert sacct(jobs[0]["slurm_job_id"], "JobName") == "foreign"  # hydra.job.name names the Slurm job
-    status = subprocess.run([sys.executable, "-m", "hpcbench.slurm.status", str(tmp_path / "slurm")],
-                            capture_output=True, text=True, timeout=60)
+    status = run_cli([str(tmp_path / "slurm")], tmp_path, timeout=60, module="hpcbench.slurm.status")
     assert status.returncode == 0 and status.stdout.count("COMPLETED") == 3
 
 

@@ -6,7 +6,6 @@ missing cluster is a failure, never a skip (conftest.slurm_cluster).
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -70,8 +69,7 @@ def test_one_multirun_submits_cpu_and_ddp_jobs_with_their_own_resources_and_stat
     assert len(manifest(sweep)["jobs"]) == 2
     status = None
     while time.monotonic() - started < 300:
-        status = subprocess.run([sys.executable, "-m", "hpcbench.slurm.status", str(sweep)], capture_output=True,
-                                text=True, timeout=60)
+        status = run_cli([str(sweep)], tmp_path, timeout=60, module="hpcbench.slurm.status")
         if status.stdout.count("COMPLETED") == 2:
             break
         time.sleep(2)

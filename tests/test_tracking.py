@@ -102,8 +102,8 @@ def logged_sweep(server, slurm_cluster, tmp_path_factory):
                       "mode=cpu,ddp", "mode.device=cpu", "tracking=mlflow", f"tracking.uri={server.uri}",
                       "tracking.experiment=ci-sweep", f"hydra.sweep.dir={sweep}", *TINY], root, timeout=600)
     assert result.returncode == 0, result.stderr
-    report = subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(sweep), "--out", str(root / "report"),
-                             "--mlflow", server.uri], capture_output=True, text=True, timeout=300, env=cli_env(root))
+    report = run_cli([str(sweep), "--out", str(root / "report"), "--mlflow", server.uri], root,
+                     module="hpcbench.report.cli")
     assert report.returncode == 0, report.stderr
     assert "2 run(s) synced" in report.stdout
     return sweep
@@ -206,8 +206,7 @@ def offline_run(server, tmp_path_factory) -> Path:
 
 
 def _upload(run_dir: Path, report: Path, uri: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(run_dir), "--out", str(report),
-                           "--mlflow", uri], capture_output=True, text=True, timeout=300, env=cli_env(report.parent))
+    return run_cli([str(run_dir), "--out", str(report), "--mlflow", uri], report.parent, module="hpcbench.report.cli")
 
 
 def test_an_unreachable_tracker_at_upload_is_one_line_and_the_report_is_kept(offline_run, tmp_path):

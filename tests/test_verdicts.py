@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import read_json, start_cli, table_rows
+from helpers import read_json, run_cli, start_cli, table_rows
 from scipy import stats as scipy_stats
 from statsmodels.stats.proportion import proportion_confint
 
@@ -97,8 +96,7 @@ def study(tmp_path_factory) -> Path:
 
 
 def _report(runs: Path, out: Path, *extra: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "hpcbench.report.cli", str(runs), "--out", str(out), *extra],
-                            capture_output=True, text=True, timeout=300)
+    result = run_cli([str(runs), "--out", str(out), *extra], out.parent, module="hpcbench.report.cli")
     assert result.returncode == 0, result.stderr
     return (out / "report.md").read_text()
 
@@ -145,8 +143,7 @@ def _slow_down(run_dir: Path, factor: float) -> None:
 
 
 def _compare(old: Path, new: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcbench.report.compare", str(old), str(new), *extra],
-                          capture_output=True, text=True, timeout=300)
+    return run_cli([str(old), str(new), *extra], Path.cwd(), module="hpcbench.report.compare")
 
 
 @pytest.mark.slow

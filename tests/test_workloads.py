@@ -4,9 +4,6 @@ commands): trained serially and with 2 DDP ranks, reported, and served."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -52,9 +49,8 @@ def test_an_architecture_trains_with_two_ddp_ranks(tmp_path):
 
 
 def _predict(run_dir: Path, images: list[Path]) -> list[dict]:
-    result = subprocess.run([sys.executable, "-m", "hpcbench.serve.predict_cli", str(run_dir), *map(str, images),
-                             "--json"], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, **EXAMPLE_ENV})
+    result = run_cli([str(run_dir), *map(str, images), "--json"], run_dir.parent, timeout=120, env=EXAMPLE_ENV,
+                     module="hpcbench.serve.predict_cli")
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
