@@ -71,11 +71,10 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None =
     return warm_cli.run(module, args, cwd, cli_env(cwd, env), timeout)
 
 
-def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    """Start `python -m hpcbench.train ARGS` in `cwd` as run_cli runs it, without waiting; stderr
-    is kept, stdout dropped."""
-    return subprocess.Popen([sys.executable, "-m", "hpcbench.train", *args], cwd=cwd, env=cli_env(cwd),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start_cli(args: list[str], cwd: Path, env: dict | None = None, new_session: bool = False) -> warm_cli.Started:
+    """Start `python -m hpcbench.train ARGS` in `cwd` as run_cli runs it, without waiting (a Popen
+    of sorts: poll, wait, communicate, kill, pid)."""
+    return warm_cli.start("hpcbench.train", args, cwd, cli_env(cwd, env), new_session)
 
 
 def free_port(address: str = "127.0.0.1") -> int:

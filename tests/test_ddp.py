@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MPIEXEC, TINY, cli_env, free_port, read_json, read_metrics, run_cli, run_dirs
+from helpers import MPIEXEC, TINY, free_port, read_json, read_metrics, run_cli, run_dirs, start_cli
 from PIL import Image
+from warm_cli import Started
 
 from hpcbench.data.pipeline import build_pipeline
 from hpcbench.data.sampling import train_shard_sampler
@@ -112,10 +113,7 @@ def test_global_test_accuracy_is_exact_and_matches_a_serial_evaluation(two_rank_
 
 
 def test_two_ddp_runs_started_together_both_succeed(tmp_path):
-    env = {**os.environ, "HPCBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    command = [sys.executable, "-m", "hpcbench.train", *DDP, "train.epochs=1"]
-    jobs = [subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    jobs = [start_cli([*DDP, "train.epochs=1"], tmp_path) for _ in range(2)]
     errors = [job.communicate(timeout=300)[1] for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0], errors
     dirs = run_dirs(tmp_path / "outputs")
@@ -140,9 +138,8 @@ def _worker_pids(run_dir_fragment: str) -> dict[int, int]:
     return pids
 
 
-def _start_and_wait_for_an_epoch(tmp_path: Path, args: list[str]) -> tuple[subprocess.Popen, dict[int, int]]:
-    job = subprocess.Popen([sys.executable, "-m", "hpcbench.train", *args], cwd=tmp_path, env=cli_env(tmp_path),
-                           stderr=subprocess.PIPE, text=True)
+def _start_and_wait_for_an_epoch(tmp_path: Path, args: list[str]) -> tuple[Started, dict[int, int]]:
+    job = start_cli(args, tmp_path)
     deadline = time.monotonic() + 120
     while len(pids := _worker_pids(str(tmp_path))) < 2 or not list((tmp_path / "outputs").rglob("metrics.jsonl")):
         assert time.monotonic() < deadline and job.poll() is None, "the ranks never started training"

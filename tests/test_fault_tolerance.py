@@ -4,13 +4,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, cli_env, compose_run, read_json, read_metrics, run_cli, run_dirs, table_rows
+from helpers import TINY, compose_run, read_json, read_metrics, run_cli, run_dirs, start_cli, table_rows
 from PIL import Image
 
 from hpcbench.errors import DataError, WeightsError
@@ -29,12 +28,6 @@ THREE_EPOCHS = [*TINY, "train.epochs=3", "data.num_workers=1"]
 
 def _metrics(run_dir: Path) -> list[list]:
     return [[m[k] for k in COMPARED] for m in read_metrics(run_dir)]
-
-
-def _env(tmp_path: Path) -> dict:
-    env = {**os.environ, "HPCBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
 
 
 def _wait_for_epochs(run_dir: Path, epochs: int, process: subprocess.Popen, timeout: float = 180) -> None:
@@ -57,9 +50,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_metrics(tmp_path, uninterrupted):
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "hpcbench.train", *THREE_EPOCHS, f"hydra.run.dir={killed}"],
-                               cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = start_cli([*THREE_EPOCHS, f"hydra.run.dir={killed}"], tmp_path, new_session=True)
     _wait_for_epochs(killed, 1, process)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
@@ -243,10 +234,9 @@ def test_bad_input_gets_one_clear_line_and_damages_nothing(tmp_path, case, make_
 
 
 def test_two_sweeps_started_together_write_distinct_directories(tmp_path):
-    command = [sys.executable, "-m", "hpcbench.train", "-m", *TINY, "train.epochs=1", "batch_size.size=16,32",
-               "mode.cpus_per_rank=1"]  # one core each: two sweeps on a 2-core machine
-    sweeps = [subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    args = ["-m", *TINY, "train.epochs=1", "batch_size.size=16,32",
+            "mode.cpus_per_rank=1"]  # one core each: two sweeps on a 2-core machine
+    sweeps = [start_cli(args, tmp_path) for _ in range(2)]
     errors = [sweep.communicate(timeout=300)[1] for sweep in sweeps]
     assert [sweep.returncode for sweep in sweeps] == [0, 0], errors
     directories = sorted((tmp_path / "outputs" / "sweeps").iterdir())
@@ -257,9 +247,7 @@ def test_two_sweeps_started_together_write_distinct_directories(tmp_path):
 
 def test_the_report_reads_a_sweep_whose_jobs_still_run(tmp_path):
     sweep = tmp_path / "sweep"
-    process = subprocess.Popen([sys.executable, "-m", "hpcbench.train", "-m", *TINY, "train.epochs=1,50",
-                                f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=_env(tmp_path),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = start_cli(["-m", *TINY, "train.epochs=1,50", f"hydra.sweep.dir={sweep}"], tmp_path, new_session=True)
     try:
         _wait_for_epochs(sweep / "1", 1, process)
         out = tmp_path / "report"
@@ -302,7 +290,7 @@ def test_ranks_wait_for_a_slow_checkpoint_of_rank_0_longer_than_the_collective_t
     user_models = str(Path(__file__).parent / "user_models")
     result = run_cli([*TINY, "mode=ddp", "mode.ranks=2", "mode.device=cpu", "mode.collective_timeout_s=4",
                       "+model._target_=slow_to_save.build", "model.name=slow_to_save", "+model.args.delay_s=12",
-                      f"hydra.run.dir={run_dir}"], tmp_path, env=cli_env(tmp_path, {"PYTHONPATH": user_models}))
+                      f"hydra.run.dir={run_dir}"], tmp_path, env={"PYTHONPATH": user_models})
     assert result.returncode == 0, result.stderr
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "completed" and summary["epochs"] == 2

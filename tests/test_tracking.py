@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TINY, cli_env, free_port, read_json, run_cli
+from helpers import REPO, TINY, free_port, read_json, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 mlflow = pytest.importorskip("mlflow")
@@ -166,10 +166,8 @@ def test_a_tracker_stopped_mid_run_never_stops_the_run_and_the_rest_is_uploaded_
     server.folder.mkdir()
     server.start()
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "hpcbench.train", *TINY, "train.epochs=4", "tracking=mlflow",
-                                f"tracking.uri={server.uri}", "tracking.experiment=stopped", f"hydra.run.dir={run_dir}"],
-                               cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+    process = start_cli([*TINY, "train.epochs=4", "tracking=mlflow", f"tracking.uri={server.uri}",
+                         "tracking.experiment=stopped", f"hydra.run.dir={run_dir}"], tmp_path)
     try:
         client = server.client()
         deadline = time.monotonic() + 180

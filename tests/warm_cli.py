@@ -24,9 +24,10 @@ import threading
 import traceback
 from pathlib import Path
 
-# What every CLI run imports first, whatever it does (the entry modules themselves are run afresh
-# as __main__ in each command).
-PRELOAD = ["torch", "torchvision", "hydra", "omegaconf", "hpcbench.training.trainer", "hpcbench.training.rank"]
+# What the CLIs import before they do anything: training, and the report's pandas, SciPy and
+# matplotlib (the entry modules themselves run afresh as __main__ in each command).
+PRELOAD = ["torch", "torchvision", "hydra", "omegaconf", "hpcbench.training.trainer", "hpcbench.training.rank",
+           "hpcbench.report.cli", "hpcbench.report.compare"]
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOAD)
@@ -50,12 +51,14 @@ def _interpreter_path() -> list[str]:
     return json.loads(shown.stdout)
 
 
-def _run_module(module: str, args: list[str], cwd: str, env: dict, base_path: list[str], stdout: str,
-                stderr: str) -> None:
+def _run_module(module: str, args: list[str], cwd: str, env: dict, base_path: list[str], streams: str,
+                new_session: bool) -> None:
     """The forked process: become `python -m MODULE ARGS` in `cwd` with `env`, then exit as the
     interpreter would (threads joined, atexit handlers run, streams flushed)."""
-    for fd, path in ((1, stdout), (2, stderr)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+    if new_session:
+        os.setsid()
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        os.dup2(os.open(os.path.join(streams, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -89,21 +92,59 @@ def _exit_status(stop: SystemExit) -> int:
     return 1
 
 
+class Started:
+    """A command start() started: the part of subprocess.Popen the tests use. stdout and stderr
+    are read when it has ended."""
+
+    def __init__(self, module: str, args: list[str], cwd: Path, env: dict, new_session: bool):
+        self.args = [sys.executable, "-m", module, *args]
+        self._streams = tempfile.TemporaryDirectory(prefix="warm-cli-")
+        self._process = _context.Process(target=_run_module, args=(module, args, str(cwd), env, _interpreter_path(),
+                                                                   self._streams.name, new_session))
+        self._process.start()
+        self.pid = self._process.pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        self.returncode = self._process.exitcode
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self.poll() is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        return self._read("stdout"), self._read("stderr")
+
+    def send_signal(self, signal: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal)
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            self._process.kill()
+
+    def _read(self, name: str) -> str:
+        path = Path(self._streams.name) / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def start(module: str, args: list[str], cwd: Path, env: dict, new_session: bool = False) -> Started:
+    """Like subprocess.Popen([python, -m, MODULE, *ARGS], text=True, start_new_session=NEW_SESSION),
+    stdout and stderr kept."""
+    return Started(module, args, cwd, env, new_session)
+
+
 def run(module: str, args: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
     """Like subprocess.run([python, -m, MODULE, *ARGS], capture_output=True, text=True)."""
-    command = [sys.executable, "-m", module, *args]
-    with tempfile.TemporaryDirectory(prefix="warm-cli-") as streams:
-        stdout, stderr = Path(streams) / "stdout", Path(streams) / "stderr"
-        streams_and_path = (_interpreter_path(), str(stdout), str(stderr))
-        process = _context.Process(target=_run_module, args=(module, args, str(cwd), env, *streams_and_path))
-        process.start()
-        process.join(timeout)
-        if process.is_alive():
-            process.kill()
-            process.join()
-            raise subprocess.TimeoutExpired(command, timeout, _read(stdout), _read(stderr))
-        return subprocess.CompletedProcess(command, process.exitcode, _read(stdout), _read(stderr))
-
-
-def _read(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
+    started = start(module, args, cwd, env)
+    try:
+        stdout, stderr = started.communicate(timeout)
+    except subprocess.TimeoutExpired:
+        started.kill()
+        started.wait()
+        raise
+    return subprocess.CompletedProcess(started.args, started.returncode, stdout, stderr)
