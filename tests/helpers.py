@@ -71,10 +71,11 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None =
     return warm_cli.run(module, args, cwd, cli_env(cwd, env), timeout)
 
 
-def start_cli(args: list[str], cwd: Path, env: dict | None = None, new_session: bool = False) -> warm_cli.Started:
-    """Start `python -m hpcbench.train ARGS` in `cwd` as run_cli runs it, without waiting (a Popen
-    of sorts: poll, wait, communicate, kill, pid)."""
-    return warm_cli.start("hpcbench.train", args, cwd, cli_env(cwd, env), new_session)
+def start_cli(args: list[str], cwd: Path, env: dict | None = None, new_session: bool = False,
+              module: str = "hpcbench.train") -> warm_cli.Started:
+    """Start `python -m MODULE ARGS` in `cwd` as run_cli runs it, without waiting (a Popen of sorts:
+    poll, wait, communicate, send_signal, kill, pid)."""
+    return warm_cli.start(module, args, cwd, cli_env(cwd, env), new_session)
 
 
 def free_port(address: str = "127.0.0.1") -> int:

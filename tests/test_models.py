@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from helpers import run_cli
 from torch import nn
 
 from hpcbench.errors import ConfigError, WeightsError
@@ -38,12 +39,11 @@ def test_every_torchvision_classifier_gets_a_head_over_the_data_set_classes(name
     assert not any(getattr(m, "out_features", getattr(m, "out_channels", 0)) == IMAGENET_CLASSES for m in layers)
 
 
-def test_the_listing_holds_the_study_s_next_models_and_no_detection_models():
+def test_the_listing_holds_the_study_s_next_models_and_no_detection_models(tmp_path):
     names = architecture_names()
     assert {"resnet50", "efficientnet_b0", "vit_b_16", "convnext_tiny", "regnet_y_400mf"} <= set(names)
     assert not any(name.startswith(("fasterrcnn", "fcn_", "deeplab", "r3d_", "raft")) for name in names)
-    listed = subprocess.run([sys.executable, "-m", "hpcbench.train", "--models"], capture_output=True, text=True,
-                            timeout=120)
+    listed = run_cli(["--models"], tmp_path, timeout=120)
     assert listed.returncode == 0 and f"these {len(names)} torchvision classifiers" in listed.stdout
     assert [line.strip() for line in listed.stdout.splitlines()[1:]] == list(names)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, compose_run, free_port, run_cli
+from helpers import REPO, compose_run, free_port, run_cli, start_cli
 from PIL import Image
 
 from hpcbench.data.pipeline import build_pipeline
@@ -128,9 +128,8 @@ def test_cli_refuses_a_missing_run_and_a_checkpoint_that_does_not_match(trained_
 
 def test_serve_without_gradio_says_how_to_install_it(trained_run, tmp_path):
     (tmp_path / "gradio.py").write_text("raise ImportError('no gradio here')\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "hpcbench.serve.app", str(trained_run)], capture_output=True,
-                            text=True, timeout=60, env=env)
+    result = run_cli([str(trained_run)], tmp_path, timeout=60, env={"PYTHONPATH": str(tmp_path)},
+                     module="hpcbench.serve.app")
     assert result.returncode == 2
     assert result.stderr.strip() == "hpcbench-serve: error: gradio is not installed; pip install 'hpcbench[serve]'"
 
@@ -138,10 +137,9 @@ def test_serve_without_gradio_says_how_to_install_it(trained_run, tmp_path):
 @pytest.fixture(scope="module")
 def server(trained_run, tmp_path_factory):
     port = free_port()
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio")), "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "hpcbench.serve.app", str(trained_run), "--port", str(port)],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder = tmp_path_factory.mktemp("gradio")
+    env = {"GRADIO_TEMP_DIR": str(folder), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    process = start_cli([str(trained_run), "--port", str(port)], folder, env=env, module="hpcbench.serve.app")
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
     while True:
@@ -153,10 +151,10 @@ def server(trained_run, tmp_path_factory):
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"hpcbench-serve did not come up: {process.stdout.read() if process.stdout else ''}")
+            pytest.fail(f"hpcbench-serve did not come up: {' '.join(process.communicate(timeout=30))}")
         time.sleep(0.5)
     yield url
-    process.terminate()
+    process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
 
 
