@@ -75,7 +75,7 @@ def start_cli(args: list[str], cwd: Path, env: dict | None = None, new_session: 
               module: str = "hpcbench.train") -> warm_cli.Started:
     """Start `python -m MODULE ARGS` in `cwd` as run_cli runs it, without waiting (a Popen of sorts:
     poll, wait, communicate, send_signal, kill, pid)."""
-    return warm_cli.start(module, args, cwd, cli_env(cwd, env), new_session)
+    return warm_cli.Started(module, args, cwd, cli_env(cwd, env), new_session)
 
 
 def free_port(address: str = "127.0.0.1") -> int:

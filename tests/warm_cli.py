@@ -93,10 +93,10 @@ def _exit_status(stop: SystemExit) -> int:
 
 
 class Started:
-    """A command start() started: the part of subprocess.Popen the tests use. stdout and stderr
-    are read when it has ended."""
+    """`python -m MODULE ARGS` started without waiting: the part of subprocess.Popen (text=True,
+    start_new_session=NEW_SESSION) the tests use. stdout and stderr are read when it has ended."""
 
-    def __init__(self, module: str, args: list[str], cwd: Path, env: dict, new_session: bool):
+    def __init__(self, module: str, args: list[str], cwd: Path, env: dict, new_session: bool = False):
         self.args = [sys.executable, "-m", module, *args]
         self._streams = tempfile.TemporaryDirectory(prefix="warm-cli-")
         self._process = _context.Process(target=_run_module, args=(module, args, str(cwd), env, _interpreter_path(),
@@ -132,15 +132,9 @@ class Started:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def start(module: str, args: list[str], cwd: Path, env: dict, new_session: bool = False) -> Started:
-    """Like subprocess.Popen([python, -m, MODULE, *ARGS], text=True, start_new_session=NEW_SESSION),
-    stdout and stderr kept."""
-    return Started(module, args, cwd, env, new_session)
-
-
 def run(module: str, args: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
     """Like subprocess.run([python, -m, MODULE, *ARGS], capture_output=True, text=True)."""
-    started = start(module, args, cwd, env)
+    started = Started(module, args, cwd, env)
     try:
         stdout, stderr = started.communicate(timeout)
     except subprocess.TimeoutExpired:
