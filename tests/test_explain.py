@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from hpcbench.training.probe import message_sizes
 from hpcbench.training.timing import PhaseTimes, StepTimer, _union_length
 
 PHASES = ("data_time_s", "compute_time_s", "comm_exposed_s", "optimizer_time_s")
+STEP_PHASES = ("data_step_s", "compute_step_s", "comm_exposed_step_s", "optimizer_step_s")
 
 
 def test_the_four_phases_partition_a_step_and_overlap_is_measured():
@@ -163,10 +165,30 @@ def test_the_report_says_where_the_time_goes_and_what_the_network_allows(sweep, 
     [cells] = table_rows(report, "## Against the network")
     measured, no_overlap, overlap = (float(cells[i].rstrip("x")) for i in (3, 4, 5))
     assert no_overlap <= overlap <= 2.0 and measured > 0
-    table = __import__("pandas").read_csv(out / "scaling.csv")
+    table = pd.read_csv(out / "scaling.csv")
     ddp = table[table["world_size"] == 2].iloc[0]
     assert not math.isnan(ddp["comm_exposed_step_s"]) and ddp["busbw_gbps"] > 0
     assert "network-bound limit" in (out / "report.md").read_text() and (out / "time_breakdown.png").is_file()
-    # The known answer on this machine: two ranks share its two cores, so the loss is compute, not communication.
+    # Which phase loses most is measured, not known in advance: two 1-thread ranks against a 2-thread
+    # serial run lose compute where the serial run gained from its second thread (1.4x on a Zen 4) and
+    # all-reduce where it gained little (CI once: 22 ms of all-reduce, less compute lost). The sentence
+    # must name the phase whose loss the report's own table shows as the largest, with its figures.
     [sentence] = [line for line in report.splitlines() if line.startswith("- S1: at 2 cpu ranks on 1 node")]
-    assert sentence.split("; ")[1].startswith("compute per step takes") and "2 ranks per node" in sentence
+    serial = table[table["world_size"] == 1].iloc[0]
+    efficiency = float(re.search(r"efficiency is ([0-9]+)%", sentence).group(1)) / 100
+    assert efficiency == pytest.approx(ddp["efficiency"], abs=0.0051)  # the table keeps 6 decimals
+    if sentence.endswith("no loss worth explaining."):  # not seen here (all-reduce alone is ~10% of a step)
+        assert ddp["efficiency"] >= 0.95 - 1e-5
+        return
+    losses = {phase: ddp[phase] - (0.0 if phase == "comm_exposed_step_s" else serial[phase]) for phase in STEP_PHASES}
+    step = sum(ddp[phase] for phase in STEP_PHASES)
+    named = sentence.split("; ")[1]
+    if named.startswith("compute per step takes"):
+        assert losses["compute_step_s"] >= max(losses.values()) - 1e-5 and "2 ranks per node" in named
+        ratio = float(re.search(r"takes ([0-9.]+)x", named).group(1))
+        assert ratio == pytest.approx(ddp["compute_step_s"] / serial["compute_step_s"], abs=0.006)
+    else:
+        assert named.startswith("exposed all-reduce is"), sentence
+        assert losses["comm_exposed_step_s"] >= max(losses.values()) - 1e-5
+        exposed_ms, step_ms = (float(ms) for ms in re.search(r"\(([0-9]+) of ([0-9]+) ms\)", named).groups())
+        assert (exposed_ms, step_ms) == pytest.approx((ddp["comm_exposed_step_s"] * 1000, step * 1000), abs=1)
