@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 from helpers import TINY, read_json, read_metrics, run_cli, table_rows
 
+from hpcbench.report.diagnosis import PHASES as STEP_PHASES
 from hpcbench.report.diagnosis import study_sentence
 from hpcbench.report.limits import NetworkLimit, network_limits
 from hpcbench.training.probe import message_sizes
 from hpcbench.training.timing import PhaseTimes, StepTimer, _union_length
 
 PHASES = ("data_time_s", "compute_time_s", "comm_exposed_s", "optimizer_time_s")
-STEP_PHASES = ("data_step_s", "compute_step_s", "comm_exposed_step_s", "optimizer_step_s")
 
 
 def test_the_four_phases_partition_a_step_and_overlap_is_measured():

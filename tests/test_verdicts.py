@@ -19,9 +19,9 @@ from hpcbench.report import stats
 # ResNet-18 from scratch on synthetic data, 32 px, 1024 training and 256 test images, 4 epochs, the
 # last at a tenth of the rate: the plateau, where seeds agree to about a point. Measured on a Zen 4,
 # 5 seeds each with AVX2 fp32 and AVX-512 bf16 kernels: 96.9-99.2% (sd 0.65 points); at a constant
-# rate 93.8-98.0% (sd 1.3; no pair's p below 0.05 either way, the closest 0.055). A single run's two-proportion test sees the
-# test set's sampling noise only, not seed-to-seed spread; models stopped while still learning fast
-# differ by seed far beyond that (2 epochs of 512 images: 60% to 77%).
+# rate 93.8-98.0% (sd 1.3; no pair's p below 0.05 either way, the closest 0.055). A single run's
+# two-proportion test sees the test set's sampling noise only, not seed-to-seed spread; models
+# stopped while still learning fast differ by seed far beyond that (2 epochs of 512 images: 60% to 77%).
 QUICK = ["data.image_size=32", "data.limit_train=1024", "data.limit_test=256", "data.num_workers=0", "train.epochs=4",
          "train.lr_step_size=3", "batch_size=per_device_32", "model=resnet18", "train.lr=1e-3", "train.probe=false"]
 
