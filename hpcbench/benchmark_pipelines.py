@@ -22,9 +22,17 @@ import torch.nn.functional as F
 from PIL import Image
 from tabulate import tabulate
 
-from hpcbench.benchmark_recipes import Bench, hardware, measure_interleaved, paired_ratio_interval, recipes
+from hpcbench.benchmark_recipes import (
+    Bench,
+    hardware,
+    measure_interleaved,
+    paired_ratio,
+    paired_ratio_interval,
+    recipes,
+)
 from hpcbench.data.pack import PackSettings, pack
-from hpcbench.data.shards import MANIFEST, ShardReader, ShardSet
+from hpcbench.data.shard_reader import ShardReader
+from hpcbench.data.shards import MANIFEST, ShardSet
 from hpcbench.data.stream_pipeline import decode_batch, source_size
 from hpcbench.data.transforms import eval_transform
 from hpcbench.mpi.topology import Topology
@@ -99,7 +107,7 @@ def decode_rates(shards: Path, image_size: int, images: int = 256) -> Dict[str, 
     source size) and PIL's decode + Resize (the original pipeline's first step)."""
     shard_set = ShardSet(shards)
     count = min(images, sum(s.images for s in shard_set.splits["train"]))
-    reader = ShardReader(shard_set, "train", shard_set.index("train"), resident_images=count)
+    reader = ShardReader(shard_set, "train", shard_set.index("train"), resident=range(count))
     jpegs = [torch.frombuffer(bytearray(reader.read(p)), dtype=torch.uint8) for p in range(count)]
     size = source_size(shard_set, image_size)
     threads = torch.get_num_threads()
@@ -150,7 +158,7 @@ def compare_pipelines(args: argparse.Namespace, device: torch.device, topology: 
             f"on {results['hardware']}; torch {torch.__version__}")
         say(tabulate([[name, f"{medians[name]:.1f}", _share(rates, name, "decoded"), _share(rates, name, "step"),
                        f"{added[name]:.0f}", ", ".join(f"{v:.1f}" for v in values)] for name, values in rates.items()],
-                     headers=["recipe", "median img/s", "of decoded [95% paired interval]", "of step",
+                     headers=["recipe", "median img/s", "of decoded, paired [95% interval]", "of step",
                               "host MiB added", "runs"], tablefmt="github"))
         say(f"decode per core: {decode['stream_decode_per_core']:.0f} img/s (stream: libjpeg-turbo + resize), "
             f"{decode['pil_decode_per_core']:.0f} img/s (PIL decode + Resize)")
@@ -160,12 +168,11 @@ def compare_pipelines(args: argparse.Namespace, device: torch.device, topology: 
 
 
 def _share(rates: Dict[str, List[float]], name: str, of: str) -> str:
-    """The ratio of medians, and the repeats' paired 95% interval of the ratio (the spread between
-    repeats on a busy 2-core machine is often wider than the difference between pipelines)."""
+    """The ratio from the repeats' pairs and its 95% interval (the spread between repeats on a busy
+    2-core machine is often wider than the difference between pipelines)."""
     if of not in rates:
         return ""
-    share = f"{statistics.median(rates[name]) / statistics.median(rates[of]) * 100:.1f}%"
     if name == of or len(rates[name]) < 2:
-        return share
+        return f"{statistics.median(rates[name]) / statistics.median(rates[of]) * 100:.1f}%"
     low, high = paired_ratio_interval(rates[name], rates[of])
-    return f"{share} [{low * 100:.0f}-{high * 100:.0f}%]"
+    return f"{paired_ratio(rates[name], rates[of]) * 100:.1f}% [{low * 100:.0f}-{high * 100:.0f}%]"

@@ -122,6 +122,12 @@ def hardware(device: torch.device) -> str:
     return f"{cpu_model()} ({torch.get_num_threads()} threads per rank)"
 
 
+def paired_ratio(a: List[float], b: List[float]) -> float:
+    """a / b from each repeat's pair: the geometric mean of the repeats' ratios, the centre of
+    paired_ratio_interval (a ratio of medians mixes repeats the machine ran at other speeds)."""
+    return math.exp(statistics.mean(math.log(x / y) for x, y in zip(a, b, strict=True)))
+
+
 def paired_ratio_interval(a: List[float], b: List[float]) -> Tuple[float, float]:
     """95% interval of a / b from each repeat's pair (Student t on the log ratios): a repeat measures
     both back to back, so the machine's drift between repeats cancels out of the ratio."""

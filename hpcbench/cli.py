@@ -49,7 +49,8 @@ def one_line_errors(program: str, show_traceback: bool = False) -> Iterator[None
             raise
         fail(program, one_line(error), 2)
     except OSError as error:  # a directory that cannot be created or written, a missing file
-        fail(program, f"{error.strerror or error}: {error.filename}" if error.filename else str(error), 1)
+        # One raised in a DataLoader worker arrives without a file name, its message the worker's traceback.
+        fail(program, f"{error.strerror or error}: {error.filename}" if error.filename else message_line(error), 1)
     except KeyboardInterrupt:
         fail(program, "interrupted", 130)
 

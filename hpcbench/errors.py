@@ -33,3 +33,7 @@ def message_line(error: BaseException) -> str:
     text = str(error).split("\n\nAt:\n")[0].strip()
     last = text.splitlines()[-1].strip() if text else ""
     return last.removeprefix(f"{type(error).__module__}.{type(error).__name__}: ")
+
+
+class OutOfMemory(HpcbenchError):
+    """A process could not allocate the memory a step needed (host or device)."""

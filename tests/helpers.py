@@ -61,14 +61,17 @@ def cli_env(cwd: Path, extra: dict | None = None) -> dict:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None,
-            module: str = "hpcbench.train", fresh_interpreter: bool = False) -> subprocess.CompletedProcess:
+            module: str = "hpcbench.train", fresh_interpreter: bool = False,
+            cgroup: Path | None = None) -> subprocess.CompletedProcess:
     """Run `python -m MODULE ARGS` in `cwd`, outputs under cwd/outputs: forked from a process that
     has imported torch and Hydra already (warm_cli), or in a new interpreter when the test is about
-    what the interpreter imports or reads at start-up."""
+    what the interpreter imports or reads at start-up; in the control group whose `cgroup.procs`
+    is `cgroup`, if given."""
     if fresh_interpreter:
+        assert cgroup is None, "a new interpreter joins no cgroup here"
         return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd, env),
                               capture_output=True, text=True, timeout=timeout)
-    return warm_cli.run(module, args, cwd, cli_env(cwd, env), timeout)
+    return warm_cli.run(module, args, cwd, cli_env(cwd, env), timeout, cgroup)
 
 
 def start_cli(args: list[str], cwd: Path, env: dict | None = None, new_session: bool = False,
@@ -187,3 +190,15 @@ def synthetic_shards(root: Path, train: int = 256, test: int = 64, images_per_sh
                                                   for split, source in splits.items()})
     pack(folder, root / "shards", PackSettings(images_per_shard=images_per_shard))
     return root / "shards"
+
+
+def mixed_size_folder(root: Path) -> Path:
+    """An image folder of 3 classes, images of several sizes (30 train, 9 test), one a PNG."""
+    rng = np.random.default_rng(0)
+    sizes = [(40, 30), (24, 50), (64, 48)]
+    images = {split: [(rng.integers(0, 255, (sizes[i % 3][1], sizes[i % 3][0], 3), dtype=np.uint8), i % 3)
+                      for i in range(count)] for split, count in (("train", 30), ("test", 9))}
+    write_image_folder(root, images)
+    Path(root / "train" / "class1" / "00001.jpg").unlink()
+    write_image_folder(root, {"train": [(images["train"][1][0], 1)]}, suffix=".png")
+    return root

@@ -162,6 +162,25 @@ def test_killing_one_rank_ends_the_job_with_an_error_within_a_minute(tmp_path):
     assert "Traceback" not in stderr
 
 
+def test_a_rank_killed_while_building_its_data_is_named_within_seconds(tmp_path):
+    """The ranks wait for each other's data outside any collective (in rank 0's store, which waits
+    long: a slow file system must not trip the collective timeout); rank 0 still learns within
+    seconds that a rank it waits for is gone, from the rank's lost-contact port."""
+    user_models = str(Path(__file__).parent / "user_models")
+    job = start_cli([*DDP, "mode.collective_timeout_s=4", "data._target_=slow_data.build", "data.name=slow_data",
+                     "+data.args.delay_s=600"], tmp_path, env={"PYTHONPATH": user_models})  # rank 1: 10 minutes
+    deadline = time.monotonic() + 120
+    while len(pids := _worker_pids(str(tmp_path))) < 2 or not list((tmp_path / "outputs").rglob("summary.json")):
+        assert time.monotonic() < deadline and job.poll() is None, "the ranks never started building their data"
+        time.sleep(0.5)
+    killed_at = time.monotonic()
+    os.kill(pids[1], signal.SIGKILL)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode != 0 and time.monotonic() - killed_at < 30, stderr[-2000:]
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    assert read_json(run_dir / "summary.json")["error"].startswith(f"rank 1 on {socket.gethostname()} went missing")
+
+
 def test_a_rank_waiting_on_rank_0_when_a_peer_is_lost_is_not_named_missing(tmp_path):
     program = str(Path(__file__).parent / "mpi_programs" / "blocked_survivor.py")
     result_file = tmp_path / "line.txt"

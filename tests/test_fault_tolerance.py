@@ -283,13 +283,15 @@ def test_a_completed_run_keeps_what_keep_checkpoints_says(tmp_path):
     assert (summary.epochs, summary.restarts, summary.resumed_from_epochs) == (3, 1, [2])
 
 
-def test_ranks_wait_for_a_slow_checkpoint_of_rank_0_longer_than_the_collective_timeout(tmp_path):
-    # Rank 0's first checkpoint takes 12 s, the collective timeout is 4 s: the other rank waits for
-    # it in the store, not in its next collective, and the run completes.
+def test_ranks_wait_for_slow_data_and_a_slow_checkpoint_longer_than_the_collective_timeout(tmp_path):
+    # The collective timeout is 4 s. Rank 1 builds its data 6 s longer than rank 0 (a busy file
+    # system): rank 0 waits for it in the store, not in DDP's first broadcast. Rank 0's first
+    # checkpoint takes 6 s: the other rank waits for it in the store, not in its next collective.
     run_dir = tmp_path / "run"
     user_models = str(Path(__file__).parent / "user_models")
     result = run_cli([*TINY, "mode=ddp", "mode.ranks=2", "mode.device=cpu", "mode.collective_timeout_s=4",
-                      "+model._target_=slow_to_save.build", "model.name=slow_to_save", "+model.args.delay_s=12",
+                      "+model._target_=slow_to_save.build", "model.name=slow_to_save", "+model.args.delay_s=6",
+                      "data._target_=slow_data.build", "data.name=slow_data", "+data.args.delay_s=6",
                       f"hydra.run.dir={run_dir}"], tmp_path, env={"PYTHONPATH": user_models})
     assert result.returncode == 0, result.stderr
     summary = read_json(run_dir / "summary.json")

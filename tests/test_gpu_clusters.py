@@ -249,28 +249,30 @@ class _Images:
         return np.zeros((len(indices), 224, 224, 3), dtype=np.uint8)
 
 
-def test_auto_keeps_the_data_on_every_gpu_of_a_node_whatever_the_ranks_per_node(monkeypatch):
+def _budget(gpu_gib: float, ram_gib: float):
+    from hpcbench.data.choice import RESIDENT_SHARE, Budget
+
+    return Budget(RESIDENT_SHARE * gpu_gib * 2**30, RESIDENT_SHARE * ram_gib * 2**30, "half of each")
+
+
+def test_auto_keeps_the_data_on_every_gpu_of_a_node_whatever_the_ranks_per_node():
     # 40,000 images = 5.6 GiB: one copy per 16 GiB GPU fits (V100), and must fit for 2 and 8 ranks
     # per node alike (each rank's copy is on its own GPU), on a node with 512 GB of RAM.
-    from hpcbench.data import pipeline
+    from hpcbench.data.choice import resident_fits
 
-    monkeypatch.setattr(pipeline, "device_memory_bytes", lambda device: 16 * 2**30)
-    monkeypatch.setattr(pipeline, "host_memory_bytes", lambda: 512 * 2**30)
     for ranks in (1, 2, 8):
         run = compose_run(["mode=ddp", f"mode.ranks={ranks}", "mode.device=cuda"])
-        fits, why = pipeline.resident_fits(run, _Images(36_000), _Images(4_000), torch.device("cuda", 0))
+        fits, why = resident_fits(run, _Images(36_000), _Images(4_000), torch.device("cuda", 0), _budget(16, 512))
         assert fits, (ranks, why)
 
 
-def test_auto_counts_what_the_ranks_of_a_node_build_in_its_ram(monkeypatch):
+def test_auto_counts_what_the_ranks_of_a_node_build_in_its_ram():
     # 8 ranks building 5.6 GiB each, about 3 copies at once: 134 GiB, more than half of 192 GB.
-    from hpcbench.data import pipeline
+    from hpcbench.data.choice import resident_fits
 
-    monkeypatch.setattr(pipeline, "device_memory_bytes", lambda device: 16 * 2**30)
-    monkeypatch.setattr(pipeline, "host_memory_bytes", lambda: 192 * 2**30)
     run = compose_run(["mode=ddp", "mode.ranks=8", "mode.device=cuda"])
-    fits, why = pipeline.resident_fits(run, _Images(36_000), _Images(4_000), torch.device("cuda", 0))
+    fits, why = resident_fits(run, _Images(36_000), _Images(4_000), torch.device("cuda", 0), _budget(16, 192))
     assert not fits and "host memory while 8 rank(s) build them" in why
     cpu_run = compose_run(["mode=ddp", "mode.ranks=8", "mode.device=cpu"])  # CPU ranks' copies add up in RAM
-    fits, why = pipeline.resident_fits(cpu_run, _Images(36_000), _Images(4_000), torch.device("cpu"))
+    fits, why = resident_fits(cpu_run, _Images(36_000), _Images(4_000), torch.device("cpu"), _budget(16, 192))
     assert not fits and "per cpu device" in why

@@ -270,7 +270,10 @@ def test_a_requeued_two_node_job_resumes_and_ends_with_the_uninterrupted_metrics
         time.sleep(1)
     summary = read_json(sweep / "0" / "summary.json")
     assert summary["restarts"] >= 1 and summary["nodes"] == 2 and summary["pipeline"] == "stream"
-    assert "resuming after epoch" in (sweep / "0" / "train.log").read_text()
+    log = (sweep / "0" / "train.log").read_text()
+    assert "resuming after epoch" in log and "stream, the pipeline this run began with (kept on resume)" in log
+    # What Slurm granted the job (ci_cluster: 2 GB per task, 2 tasks per node) is its memory, not the host's RAM.
+    assert "the job may use 4.00 GiB (Slurm's --mem, SLURM_MEM_PER_NODE=4096 MB)" in log
     keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
     resumed = [[m[k] for k in keys] for m in map(json.loads, metrics.read_text().splitlines())]
     expected = [[m[k] for k in keys] for m in map(json.loads, (reference / "0" / "metrics.jsonl").read_text().splitlines())]

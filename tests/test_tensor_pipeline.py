@@ -162,7 +162,7 @@ def test_the_fast_recipe_learns_as_well_as_the_original_recipe(tmp_path, cifar_r
 
 
 @pytest.mark.slow
-def test_the_decode_cache_is_reused_and_a_damaged_one_rebuilt(tmp_path):
+def test_the_decode_cache_is_written_by_rank_0_reused_and_a_damaged_one_rebuilt(tmp_path):
     root = tmp_path / "images"
     for split in ("train", "test"):
         for label in range(2):
@@ -170,6 +170,8 @@ def test_the_decode_cache_is_reused_and_a_damaged_one_rebuilt(tmp_path):
             for i in range(6):
                 Image.new("RGB", (32, 32), (40 * i, 200 * label, 90)).save(root / split / f"c{label}" / f"{i}.png")
     overrides = [*TINY, "data=image_folder", f"data.root={root}", "train.epochs=1"]
+    build_pipeline(compose_run([*overrides, "mode=ddp", "mode.ranks=2"]), 1, 2, CPU)
+    assert not (root / CACHE_DIR).exists()  # rank 0 alone writes it: one writer of a shared file
     first = fit(compose_run(overrides), tmp_path / "first")
     [cache] = (root / CACHE_DIR).glob("train-*.pt")
     cache.write_bytes(b"damaged")

@@ -52,9 +52,12 @@ def _interpreter_path() -> list[str]:
 
 
 def _run_module(module: str, args: list[str], cwd: str, env: dict, base_path: list[str], streams: str,
-                new_session: bool) -> None:
-    """The forked process: become `python -m MODULE ARGS` in `cwd` with `env`, then exit as the
-    interpreter would (threads joined, atexit handlers run, streams flushed)."""
+                new_session: bool, cgroup: str | None) -> None:
+    """The forked process: become `python -m MODULE ARGS` in `cwd` with `env` (first joining the
+    control group whose `cgroup.procs` is `cgroup`, as a job's processes are put in the job's),
+    then exit as the interpreter would (threads joined, atexit handlers run, streams flushed)."""
+    if cgroup:
+        Path(cgroup).write_text(str(os.getpid()))
     if new_session:
         os.setsid()
     for fd, name in ((1, "stdout"), (2, "stderr")):
@@ -96,11 +99,13 @@ class Started:
     """`python -m MODULE ARGS` started without waiting: the part of subprocess.Popen (text=True,
     start_new_session=NEW_SESSION) the tests use. stdout and stderr are read when it has ended."""
 
-    def __init__(self, module: str, args: list[str], cwd: Path, env: dict, new_session: bool = False):
+    def __init__(self, module: str, args: list[str], cwd: Path, env: dict, new_session: bool = False,
+                 cgroup: Path | None = None):
         self.args = [sys.executable, "-m", module, *args]
         self._streams = tempfile.TemporaryDirectory(prefix="warm-cli-")
         self._process = _context.Process(target=_run_module, args=(module, args, str(cwd), env, _interpreter_path(),
-                                                                   self._streams.name, new_session))
+                                                                   self._streams.name, new_session,
+                                                                   str(cgroup) if cgroup else None))
         self._process.start()
         self.pid = self._process.pid
         self.returncode: int | None = None
@@ -132,9 +137,10 @@ class Started:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def run(module: str, args: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+def run(module: str, args: list[str], cwd: Path, env: dict, timeout: float,
+        cgroup: Path | None = None) -> subprocess.CompletedProcess:
     """Like subprocess.run([python, -m, MODULE, *ARGS], capture_output=True, text=True)."""
-    started = Started(module, args, cwd, env)
+    started = Started(module, args, cwd, env, cgroup=cgroup)
     try:
         stdout, stderr = started.communicate(timeout)
     except subprocess.TimeoutExpired:

@@ -4,10 +4,13 @@ SRC holds `train/<class>/*` and `test/<class>/*` (or `val/<class>/*`, ImageNet's
 validation images are sorted into class folders). JPEG files are copied byte for byte; other
 formats, and every image when `--max-side` shrinks them, are encoded as JPEG at `--quality`.
 
-Resumable: each shard is written to a `.partial` file, checked (read back, counted), hashed and
-renamed, then its index sidecar is written; a rerun after a kill keeps every shard whose sidecar
-matches and writes the rest. The manifest comes last, so a shard set without one is unfinished.
-Shards are deterministic (fixed tar metadata): packing the same folder twice gives the same digest.
+Resumable: each shard is built in memory, checked (read back, counted), hashed, written to a
+temporary file of its own (two packers into one OUT never share one), fsynced and renamed; then
+its index sidecar and its info file, which records the images it holds, declare it finished. A
+rerun after a kill keeps every shard whose info file names the same images at the same positions
+(an image removed from the source since shifts every later one: those shards are written again)
+and writes the rest. The manifest comes last, so a shard set without one is unfinished. Shards are
+deterministic (fixed tar metadata): packing the same folder twice gives the same digest.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import json
 import logging
 import os
 import tarfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,15 +42,17 @@ from hpcbench.data.shards import (
     sample_key,
     shard_name,
 )
-from hpcbench.data.sources import ImageFolderSource, class_interleaved
+from hpcbench.data.sources import IMAGE_EXTENSIONS, ImageFolderSource, class_interleaved
 from hpcbench.errors import DataError
-from hpcbench.files import atomic_write_text
+from hpcbench.files import atomic_write_bytes, atomic_write_text
 from hpcbench.progress import Progress
 
 log = logging.getLogger("hpcbench")
 
 SETTINGS_FILE = ".pack-settings.json"
 JPEG_MAGIC = b"\xff\xd8\xff"
+STORED_AS_IS = ("RGB", "L")  # JPEG colour modes every decoder reads; CMYK ones nvJPEG refuses are re-encoded
+STALE_TEMPORARY_S = 3600  # a shard's temporary file this old was left by a pack that was killed
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,8 @@ def encoded_image(path: str, settings: PackSettings) -> Tuple[bytes, Tuple[int, 
         raw = Path(path).read_bytes()
         with Image.open(io.BytesIO(raw)) as image:
             size = image.size
-            if raw.startswith(JPEG_MAGIC) and (settings.max_side is None or max(size) <= settings.max_side):
+            fits = settings.max_side is None or max(size) <= settings.max_side
+            if raw.startswith(JPEG_MAGIC) and image.mode in STORED_AS_IS and fits:
                 return raw, size
             image = image.convert("RGB")
             if settings.max_side is not None and max(size) > settings.max_side:
@@ -97,19 +104,23 @@ def _info_path(out: Path, split: str, number: int) -> Path:
     return out / (shard_name(split, number) + ".json")
 
 
+def items_digest(job: ShardJob) -> str:
+    """Which images a shard holds where: what a resumed pack compares before keeping the shard."""
+    return hashlib.sha256(json.dumps([list(item) for item in job.items]).encode()).hexdigest()
+
+
 def write_shard(job: ShardJob) -> ShardInfo:
     """Write, check and publish one shard; its index rows go to a sidecar beside it."""
     out, name = Path(job.out), shard_name(job.split, job.number)
-    final, partial = out / name, out / (name + ".partial")
-    sizes = []
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
+    sizes, buffer = [], io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for position, path, label in job.items:
             data, size = encoded_image(path, job.settings)
             sizes.append(size)
             _add(tar, f"{sample_key(position)}.jpg", data)
             _add(tar, f"{sample_key(position)}.cls", str(label).encode())
-    with tarfile.open(partial) as tar:  # read back: the shard is a valid tar with every sample in it
+    shard = buffer.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(shard)) as tar:  # read back: a valid tar with every sample in it
         images = {m.name: m for m in tar.getmembers() if m.name.endswith(".jpg")}
     if len(images) != len(job.items):
         raise DataError(f"shard {name} holds {len(images)} images after writing {len(job.items)}; pack it again")
@@ -117,29 +128,45 @@ def write_shard(job: ShardJob) -> ShardInfo:
     index = ShardIndex(shard=np.full(len(members), job.number), offset=np.array([m.offset_data for m in members]),
                        length=np.array([m.size for m in members]), label=np.array([item[2] for item in job.items]),
                        width=np.array([s[0] for s in sizes]), height=np.array([s[1] for s in sizes]))
-    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
-    info = ShardInfo(name=name, images=len(members), bytes=partial.stat().st_size, sha256=digest)
-    os.replace(partial, final)
+    info = ShardInfo(name=name, images=len(members), bytes=len(shard), sha256=hashlib.sha256(shard).hexdigest())
+    atomic_write_bytes(out / name, shard)  # a temporary file of its own, fsynced, renamed: then the info
     index.save(_sidecar(out, job.split, job.number))
-    atomic_write_text(_info_path(out, job.split, job.number), json.dumps(asdict(info)))
+    atomic_write_text(_info_path(out, job.split, job.number), json.dumps({**asdict(info), "items": items_digest(job)}))
     return info
 
 
-def finished_shard(out: Path, split: str, number: int) -> Optional[ShardInfo]:
-    """The shard's info if an earlier pack finished it (tar, index and info agree), else None."""
+def finished_shard(out: Path, job: ShardJob) -> Optional[ShardInfo]:
+    """The shard's info if an earlier pack finished it with the images `job` puts there (tar,
+    index and info agree), else None."""
     try:
-        info = ShardInfo(**json.loads(_info_path(out, split, number).read_text()))
-        if (out / info.name).stat().st_size == info.bytes and _sidecar(out, split, number).is_file():
+        recorded = json.loads(_info_path(out, job.split, job.number).read_text())
+        if recorded.pop("items", None) != items_digest(job):
+            return None
+        info = ShardInfo(**recorded)
+        if (out / info.name).stat().st_size == info.bytes and _sidecar(out, job.split, job.number).is_file():
             return info
     except (OSError, ValueError, TypeError):
         pass
     return None
 
 
+def remove_stale_temporaries(out: Path) -> None:
+    """Temporary shard files a killed pack left (a recent one may be another packer's, at work)."""
+    now = time.time()
+    for temporary in (path for split in SPLITS for path in (out / split).glob(".shard-*.tmp")):
+        try:
+            if now - temporary.stat().st_mtime > STALE_TEMPORARY_S:
+                temporary.unlink()
+                log.info("pack: removed %s, left by a pack that did not finish", temporary)
+        except FileNotFoundError:  # its packer finished it meanwhile
+            pass
+
+
 def _source(src: Path, split: str) -> ImageFolderSource:
     if split == "test" and not (src / "test").is_dir() and (src / "val").is_dir():
         split = "val"
-    if split == "val" and any(p.is_file() for p in (src / "val").iterdir()):
+    # ImageNet's validation images come as one flat folder; a stray file (a CSV of labels) is no image.
+    if split == "val" and any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in (src / "val").iterdir()):
         raise DataError(f"{src / 'val'} holds images directly: sort them into class folders first "
                         f"(val/<class>/*.JPEG, as ImageNet's valprep.sh does)")
     return ImageFolderSource(src, split)
@@ -180,8 +207,9 @@ def pack(src: Path, out: Path, settings: PackSettings = PackSettings(), workers:
     jobs = list(plan_jobs(out, sources, settings))
     infos: Dict[Tuple[str, int], ShardInfo] = {}
     todo: List[ShardJob] = []
+    remove_stale_temporaries(out)
     for job in jobs:
-        done = finished_shard(out, job.split, job.number)
+        done = finished_shard(out, job)
         if done is not None:
             infos[(job.split, job.number)] = done
         else:
@@ -190,6 +218,7 @@ def pack(src: Path, out: Path, settings: PackSettings = PackSettings(), workers:
     done_images = total - sum(len(job.items) for job in todo)
     if done_images:
         log.info("pack: %d of %d images already packed in %s; packing the rest", done_images, total, out)
+    log.info("pack: %d shard(s) to write with %d worker process(es)", len(todo), min(workers, len(todo)) or 1)
     progress = Progress(f"pack {out.name}", total=total, unit="img", log=log)
     for job, info in zip(todo, _run(todo, workers), strict=True):
         infos[(job.split, job.number)] = info
@@ -242,7 +271,8 @@ def _parser() -> argparse.ArgumentParser:
     packing.add_argument("--max-side", type=int, default=defaults.max_side,
                          help="shrink images whose longest side is larger to this many pixels")
     packing.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality of re-encoded images")
-    packing.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that write shards")
+    packing.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                         help="processes that write shards (default: the cores this job may use)")
     return parser
 
 

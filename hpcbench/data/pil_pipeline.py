@@ -43,6 +43,8 @@ def build_pil_pipeline(run: RunConfig, train_source: ImageSource, test_source: I
     train_loader = DataLoader(
         train_set, batch_size=batch, sampler=train_sampler, generator=torch.Generator(), drop_last=drop_last, **workers
     )
-    test_loader = DataLoader(test_set, batch_size=batch, sampler=ShardSampler(len(test_set), rank, world_size), **workers)
+    # Its own generator: creating an iterator draws its workers' seed, never from the global stream.
+    test_loader = DataLoader(test_set, batch_size=batch, sampler=ShardSampler(len(test_set), rank, world_size),
+                             generator=torch.Generator().manual_seed(rank), **workers)
     return DataPipeline(train_loader, test_loader, train_sampler, train_source.classes, len(train_set), len(test_set),
                         rank, "pil")

@@ -54,6 +54,7 @@ class DataPipeline:
     rank: int
     kind: str  # tensor | compressed | stream | pil: the pipeline that feeds the model (auto resolved)
     digest: str = ""  # the shard set's (data=shards): a resumed run must read the same one
+    choice: str = ""  # how data.pipeline=auto chose `kind` (data/choice.py), logged when training starts
 
     def set_epoch(self, epoch: int, seed: int) -> None:
         """Shuffling and augmentation seeds are functions of (seed, epoch, rank) alone, so an

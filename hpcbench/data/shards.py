@@ -21,15 +21,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from hpcbench.data.sources import CACHE_DIR, stack_same_size
 from hpcbench.errors import DataError
 from hpcbench.files import atomic_write_bytes
 
@@ -150,81 +147,3 @@ def read_manifest_digest(root: Path) -> Optional[str]:
         return json.loads((Path(root) / MANIFEST).read_text())["digest"]
     except (OSError, ValueError, KeyError):
         return None
-
-
-class ShardReader:
-    """Reads images' JPEG bytes of one split: from the shard files (one pread each, the files
-    kept open per process) or, for the first `resident_images` of the split, from one host array
-    holding their bytes."""
-
-    def __init__(self, shards: ShardSet, split: str, index: ShardIndex, resident_images: int = 0):
-        self.shards, self.split, self.index = shards, split, index
-        self.paths = [str(shards.root / s.name) for s in shards.splits[split]]
-        self._files: Dict[int, int] = {}  # shard number -> file descriptor, opened on first read
-        self.memory: Optional[np.ndarray] = None
-        self.resident_images = resident_images
-        if resident_images:
-            self.memory, self.memory_offset = self._read_resident()
-
-    def _read_resident(self) -> Tuple[np.ndarray, np.ndarray]:
-        """The resident images' bytes back to back (tar headers and labels left out): one read per shard."""
-        lengths = self.index.length[:self.resident_images]
-        memory = np.empty(int(lengths.sum()), dtype=np.uint8)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        for number, path in enumerate(self.paths):
-            in_shard = np.flatnonzero(self.index.shard[:self.resident_images] == number)
-            if len(in_shard) == 0:
-                continue
-            shard_bytes = np.fromfile(path, dtype=np.uint8)
-            for position in in_shard:
-                offset, length = self.index.offset[position], lengths[position]
-                memory[starts[position]:starts[position] + length] = shard_bytes[offset:offset + length]
-        return memory, starts
-
-    def read(self, position: int) -> bytes:
-        length = int(self.index.length[position])
-        if position < self.resident_images:
-            start = int(self.memory_offset[position])
-            return self.memory[start:start + length].tobytes()
-        number = int(self.index.shard[position])
-        if number not in self._files:
-            self._files[number] = os.open(self.paths[number], os.O_RDONLY)
-        # pread: no shared file position, so forked DataLoader workers may share the descriptors
-        data = os.pread(self._files[number], length, int(self.index.offset[position]))
-        if len(data) != length:
-            raise DataError(f"{self.shards.where(self.split, self.index, position)} is cut short "
-                            f"({len(data)} of {length} bytes); restore the shard or pack the data set again")
-        return data
-
-    def __getstate__(self):  # a process that receives a pickled reader opens its own files
-        return {**self.__dict__, "_files": {}}
-
-
-class ShardSource:
-    """One split of a shard set as an ImageSource, so the tensor and PIL pipelines read shard sets
-    too (and `data.pipeline=auto` can keep a small one decoded on the device)."""
-
-    def __init__(self, shards: ShardSet, split: str):
-        self.shards, self.split = shards, split
-        self.index = shards.index(split)
-        self.reader = ShardReader(shards, split, self.index)
-        self.classes = shards.classes
-        self.labels = self.index.label.tolist()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def load(self, index: int) -> Image.Image:
-        try:
-            with Image.open(io.BytesIO(self.reader.read(index))) as image:
-                return image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as error:
-            raise DataError(f"corrupt image in {self.shards.where(self.split, self.index, index)}: {error}") from None
-
-    def decode(self, indices: Sequence[int]) -> np.ndarray:
-        return stack_same_size([np.asarray(self.load(i)) for i in indices],
-                               [self.shards.where(self.split, self.index, i) for i in indices])
-
-    def cache_path(self, indices: Sequence[int], split: str) -> Optional[Path]:
-        chosen = hashlib.sha1(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:12]
-        return self.shards.root / CACHE_DIR / f"{split}-{len(indices)}-{self.shards.digest}-{chosen}.pt"

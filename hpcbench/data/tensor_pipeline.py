@@ -1,8 +1,10 @@
 """The fast pipeline: the data set decoded once into a uint8 tensor on the training device,
 augmented a whole batch at a time there (augment.py). No worker processes, no PIL per image.
 
-Sources whose decoding is slow (image folders) name a cache file (`ImageSource.cache_path`);
-later runs read the decoded tensor from there.
+Sources whose decoding is slow (image folders, shard sets) name a cache file
+(`ImageSource.cache_path`); later runs read the decoded tensor from there. Rank 0 alone writes it:
+N ranks writing the same file of gigabytes on a shared file system is N times the traffic for
+one file.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ def _decode_nchw(source: ImageSource, indices: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(source.decode(indices)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_uint8(source: ImageSource, indices: Sequence[int], split: str) -> torch.Tensor:
-    """(N, 3, H, W) uint8 images of `indices`, through the source's on-disk cache if it has one."""
+def load_uint8(source: ImageSource, indices: Sequence[int], split: str, write_cache: bool = True) -> torch.Tensor:
+    """(N, 3, H, W) uint8 images of `indices`, through the source's on-disk cache if it has one
+    (written when missing if `write_cache`)."""
     cache = source.cache_path(indices, split)
     if cache is None:
         return _decode_nchw(source, indices)
@@ -35,6 +38,8 @@ def load_uint8(source: ImageSource, indices: Sequence[int], split: str) -> torch
         except Exception as error:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring the unreadable decode cache %s (%s)", cache, error)
     images = _decode_nchw(source, indices)
+    if not write_cache:
+        return images
     try:
         atomic_write_bytes(cache, torch_bytes(images))
     except OSError as error:  # a read-only data directory: decode again next time
@@ -69,7 +74,7 @@ def build_tensor_pipeline(run: RunConfig, train_source: ImageSource, test_source
     splits = {}
     for split, source, limit in (("train", train_source, data.limit_train), ("test", test_source, data.limit_test)):
         indices = balanced_first_n(source.labels, limit)
-        splits[split] = (load_uint8(source, indices, split), torch.tensor([source.labels[i] for i in indices]))
+        splits[split] = (load_uint8(source, indices, split, write_cache=rank == 0), torch.tensor([source.labels[i] for i in indices]))
     train_images, train_labels = (tensor.to(device) for tensor in splits["train"])
     # A rank evaluates only its shard of the test set, so only that shard goes to its device.
     all_test_images, all_test_labels = splits["test"]

@@ -1,4 +1,5 @@
-"""Rank 0 tells the other ranks that it has lost contact with one of them.
+"""Rank 0 tells the other ranks that it has lost contact with one of them, and can see whether
+one is still there.
 
 When a host is lost, a rank on a surviving host may be waiting on rank 0 in a collective (its
 neighbour in a ring), not on a lost rank: it meets no error of its own while rank 0 lives, and
@@ -9,13 +10,17 @@ a TCP port of its own, in a thread; rank 0 connects to each and says so, and eac
 as a survivor. Plain sockets, not a second torch.distributed store: a thread inside the store's
 C++ code when its server goes away prints a C++ stack, and when the interpreter exits meanwhile,
 aborts the process (a completed run then fails).
+
+The same ports tell rank 0 whether a rank it waits for outside any collective (while the ranks
+build their data) still lives: a live rank's port accepts (the kernel accepts while the rank is
+busy), a dead rank's refuses, a lost host's does not answer.
 """
 from __future__ import annotations
 
 import logging
 import socket
 import threading
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from hpcbench.errors import ConfigError
 from hpcbench.mpi.topology import Topology, allgather, this_host_address
@@ -65,7 +70,7 @@ class Listener:
 
 
 _listener: Optional[Listener] = None  # ranks other than 0
-_others: List[Address] = []  # rank 0: where the other ranks listen
+_others: Dict[int, Address] = {}  # rank 0: where each other rank listens
 
 
 def listen(topology: Topology, then: Callable[[], None]) -> None:
@@ -78,12 +83,31 @@ def listen(topology: Topology, then: Callable[[], None]) -> None:
             log.warning("rank %d cannot listen for rank 0's word of a lost rank: %s", topology.rank, error)
     addresses = allgather(_listener.address if _listener else None)
     if topology.is_main:
-        _others = [address for address in addresses if address]
+        _others = {rank: address for rank, address in enumerate(addresses) if address}
 
 
 def tell_the_others() -> None:
     """Rank 0: say it to every other rank (after listen)."""
-    tell(_others)
+    tell(list(_others.values()))
+
+
+def unreachable(ranks: Iterable[int]) -> List[int]:
+    """Rank 0: those of `ranks` whose port refuses or does not answer (after listen; a rank that
+    could not listen is never named)."""
+    found: List[int] = []
+
+    def probe(rank: int) -> None:
+        try:
+            socket.create_connection(_others[rank], timeout=CONNECT_TIMEOUT_S).close()
+        except OSError:
+            found.append(rank)
+
+    threads = [threading.Thread(target=probe, args=(rank,), daemon=True) for rank in ranks if rank in _others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(CONNECT_TIMEOUT_S + 1)
+    return sorted(found)
 
 
 def tell(addresses: List[Address]) -> None:
@@ -108,4 +132,4 @@ def stop_listening() -> None:
     global _listener, _others
     if _listener is not None:
         _listener.close()
-    _listener, _others = None, []
+    _listener, _others = None, {}

@@ -4,7 +4,7 @@ used (summary.json's `pipeline`: torch's resize on uint8 pixels for `tensor`, PI
 image gets exactly the pixels evaluation gave it.
 
 The original study's web page normalised with CIFAR statistics while training used ImageNet's;
-here there is one definition per pipeline (hpcbench.data.pipeline.eval_preprocess).
+here there is one definition per pipeline (hpcbench.data.eval_preprocess).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import List, Union
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from hpcbench.data.pipeline import eval_preprocess
+from hpcbench.data.eval_preprocess import eval_preprocess
 from hpcbench.errors import HpcbenchError
 from hpcbench.models import build_configured_model
 from hpcbench.rundir import BEST, CHECKPOINTS, RESOLVED_CONFIG, read_resolved_config, read_summary

@@ -2,7 +2,8 @@
 
 `checkpoints/last.pt` is written after every epoch (atomically; the one before it is kept as
 `last.prev.pt`, so a kill during a write never leaves only a broken file). It holds the model,
-the optimizer (and fp16's GradScaler), the epoch, the metrics so far and the restarts. No RNG
+the optimizer (and fp16's GradScaler), the epoch, the metrics so far, the restarts and the data
+pipeline that fed the run (data.pipeline=auto decides once: data/choice.py). No RNG
 state: every epoch seeds its RNGs and sampler from (seed, epoch, rank) alone, so resuming after
 epoch N trains epoch N + 1 exactly as an uninterrupted run would, and a run interrupted mid-epoch
 repeats that epoch from its start. `best.pt` holds the weights, classes and config of the best
@@ -41,11 +42,12 @@ def weights_state(model: nn.Module, epoch: int, test_acc: float, classes: List[s
 
 def resumable_state(weights: Dict[str, Any], optimizer: torch.optim.Optimizer,
                     scaler: Optional[torch.amp.GradScaler], history: List[EpochMetrics], elapsed_s: float,
-                    restarts: int, resumed_from_epochs: List[int], energy_j: Optional[float]) -> Dict[str, Any]:
+                    restarts: int, resumed_from_epochs: List[int], energy_j: Optional[float],
+                    pipeline: Optional[str]) -> Dict[str, Any]:
     """last.pt: the weights plus everything the next epoch depends on, and the run's account so far."""
     return {**weights, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
             "history": [asdict(m) for m in history], "elapsed_s": elapsed_s, "restarts": restarts,
-            "resumed_from_epochs": resumed_from_epochs, "energy_j": energy_j}
+            "resumed_from_epochs": resumed_from_epochs, "energy_j": energy_j, "pipeline": pipeline}
 
 
 def safe_load(path: Path) -> Dict[str, Any]:

@@ -16,8 +16,10 @@ from hpcbench.rundir import CHECKPOINTS, LAST, PREVIOUS, RESOLVED_CONFIG, RunSum
 
 # Config groups and keys that must match for a checkpoint to continue a run.
 TRAJECTORY_KEYS = ("model", "data", "batch_size", "train", "mode.ranks", "mode.device")
-NOT_TRAJECTORY = ("data.num_workers", "data.root", "data.download", "train.epochs", "train.resume",
-                  "train.save_checkpoints", "train.keep_checkpoints", "train.probe")
+# data.pipeline: auto resolves once and the run keeps what it resolved to (checked below and in
+# data/choice.py); data.memory_budget_mb only tells auto what fits.
+NOT_TRAJECTORY = ("data.num_workers", "data.root", "data.download", "data.pipeline", "data.memory_budget_mb",
+                  "train.epochs", "train.resume", "train.save_checkpoints", "train.keep_checkpoints", "train.probe")
 
 
 class CheckpointError(HpcbenchError):
@@ -73,6 +75,7 @@ def check_run_directory(cfg: RunConfig, out_dir: Path) -> Optional[RunSummary]:
         earlier = OmegaConf.to_container(OmegaConf.load(out_dir / RESOLVED_CONFIG))
         check_compatible(out_dir / RESOLVED_CONFIG, earlier, cfg)  # type: ignore[arg-type]
     _check_same_shard_set(cfg, out_dir, summary)
+    _check_same_pipeline(cfg, out_dir, summary)
     if not completed:
         return None
     if summary.get("epochs") == cfg.train.epochs:
@@ -96,4 +99,15 @@ def _check_same_shard_set(cfg: RunConfig, out_dir: Path, summary: Dict[str, Any]
         raise CheckpointError(
             f"{out_dir} was trained on the shard set with digest {earlier}, but data.root={cfg.data.root} holds "
             f"{'digest ' + now if now else 'no shard set'}; point data.root at the same shard set, or use a new run directory"
+        )
+
+
+def _check_same_pipeline(cfg: RunConfig, out_dir: Path, summary: Dict[str, Any]) -> None:
+    """Pipelines differ in the order they feed images: a run continues with the one it began with
+    (data.pipeline=auto keeps it; another one by name is refused)."""
+    began = summary.get("pipeline")
+    if began and cfg.data.pipeline not in ("auto", began) and summary.get("epochs"):
+        raise CheckpointError(
+            f"{out_dir} was fed by the {began} pipeline and cannot continue with data.pipeline={cfg.data.pipeline} "
+            f"(another order of images); continue it with data.pipeline=auto or {began}, or use a new run directory"
         )

@@ -160,7 +160,7 @@ class RunRecord:
             weights = weights_state(model, metrics.epoch, metrics.test_acc, classes, self.cfg)
             resumable = resumable_state(weights, optimizer, scaler, self.history, self.summary.total_time_s,
                                         self.summary.restarts, self.summary.resumed_from_epochs,
-                                        self.summary.energy_j)
+                                        self.summary.energy_j, self.summary.pipeline)
             self.run_dir.save_checkpoint(LAST, resumable, previous=PREVIOUS)
             if previous_best is None or metrics.test_acc > previous_best:
                 self.run_dir.save_checkpoint(BEST, weights)

@@ -11,6 +11,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -18,9 +19,8 @@ import torch.distributed as dist
 from torch import nn
 
 from hpcbench.config import RunConfig, per_device_batch
-from hpcbench.data.pipeline import build_pipeline
-from hpcbench.data.sampling import MIN_TRAIN_BATCH, DataPipeline
-from hpcbench.errors import ConfigError, HpcbenchError
+from hpcbench.data.sampling import DataPipeline
+from hpcbench.errors import HpcbenchError
 from hpcbench.models import build_configured_model, check_input_size, check_pretrained_available, unwrap
 from hpcbench.mpi.failures import failure_line, one_line
 from hpcbench.mpi.process_group import all_reduce_sum, wait_for_main_rank
@@ -36,6 +36,7 @@ from hpcbench.training.device import peak_memory_mb, select_device, synchronize
 from hpcbench.training.optim import LearningRateSchedule, build_optimizer
 from hpcbench.training.probe import probe_run
 from hpcbench.training.record import RunRecord
+from hpcbench.training.run_data import build_run_pipeline
 from hpcbench.training.signals import Interrupted, StopFlag, stop_on_signals
 from hpcbench.training.step import FP32, StepOptions, TrainStep
 from hpcbench.training.timing import PhaseTimes, StepTimer, gather_over_ranks
@@ -177,17 +178,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, topology: Topology,
     return EpochResult(loss, accuracy, time.perf_counter() - start)
 
 
-def check_every_rank_trains(pipeline: DataPipeline, cfg: RunConfig, topology: Topology) -> None:
-    """A configuration that gives a rank no training step is refused, not run as an empty epoch."""
-    if len(pipeline.train_loader) == 0:
-        shard = pipeline.num_train if not topology.distributed else -(-pipeline.num_train // topology.world_size)
-        raise ConfigError(
-            f"data.limit_train={cfg.data.limit_train or pipeline.num_train} gives each of the {topology.world_size} "
-            f"rank(s) {shard} training image(s) per epoch: no batch of at least {MIN_TRAIN_BATCH} (BatchNorm needs "
-            f"{MIN_TRAIN_BATCH}); use at least {MIN_TRAIN_BATCH * topology.world_size} training images"
-        )
-
-
 def build_training_model(cfg: RunConfig, num_classes: int, device: torch.device, topology: Topology,
                          options: StepOptions, timer: StepTimer) -> nn.Module:
     model = build_configured_model(cfg.model, num_classes, cfg.data.image_size)
@@ -214,11 +204,12 @@ def fit(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSummar
             check_pretrained_available(cfg.model.name)  # fail before any data is read
         seed_everything(cfg.train.seed)
         torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
-        pipeline = build_pipeline(cfg, topology.rank, topology.world_size, device)
-        check_every_rank_trains(pipeline, cfg, topology)
+        # Before the data: a resumed run keeps the pipeline it began with.
+        checkpoint = agreed_resume_checkpoint(record.checkpoint_dir, cfg, topology) if cfg.train.resume else None
+        pipeline = build_run_pipeline(cfg, device, topology, checkpoint)
         record.data_ready(pipeline)
         with stop_on_signals() as stop:
-            _train_epochs(cfg, record, pipeline, device, topology, stop)
+            _train_epochs(cfg, record, pipeline, device, topology, stop, checkpoint)
     except Diverged as error:
         record.summary.diverged_epoch = error.epoch
         record.finish("diverged", str(error))
@@ -235,7 +226,7 @@ def fit(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSummar
 
 
 def _train_epochs(cfg: RunConfig, record: RunRecord, pipeline: DataPipeline, device: torch.device,
-                  topology: Topology, stop: StopFlag) -> None:
+                  topology: Topology, stop: StopFlag, checkpoint: Optional[Dict[str, Any]]) -> None:
     options = StepOptions.resolve(cfg.train.precision, cfg.train.channels_last, cfg.train.compile, device)
     record.step_options(options, pipeline.kind)
     timer = StepTimer(device)
@@ -247,11 +238,12 @@ def _train_epochs(cfg: RunConfig, record: RunRecord, pipeline: DataPipeline, dev
     energy = EnergyMeter(device, reads_node_counter=topology.local_rank == 0)
     energy.start()
     first_epoch = 1
-    checkpoint = agreed_resume_checkpoint(record.checkpoint_dir, cfg, topology) if cfg.train.resume else None
     if checkpoint is not None:
         restore_training_state(checkpoint, model, optimizer, step_fn.scaler)
         first_epoch = record.resumed(checkpoint)
     if topology.is_main:
+        if pipeline.choice:
+            log.info("%s", pipeline.choice)
         log.info(
             "training %s on %s (%s pipeline, %s%s, %s): %d ranks x batch %d, %d train / %d test images at %d px, "
             "epochs %d-%d", cfg.model.name, device, pipeline.kind, options.precision,
