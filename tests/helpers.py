@@ -62,16 +62,16 @@ def cli_env(cwd: Path, extra: dict | None = None) -> dict:
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None,
             module: str = "hpcbench.train", fresh_interpreter: bool = False,
-            cgroup: Path | None = None) -> subprocess.CompletedProcess:
+            cgroup: Path | None = None, umask: int | None = None) -> subprocess.CompletedProcess:
     """Run `python -m MODULE ARGS` in `cwd`, outputs under cwd/outputs: forked from a process that
     has imported torch and Hydra already (warm_cli), or in a new interpreter when the test is about
     what the interpreter imports or reads at start-up; in the control group whose `cgroup.procs`
-    is `cgroup`, if given."""
+    is `cgroup`, and with `umask`, if given."""
     if fresh_interpreter:
-        assert cgroup is None, "a new interpreter joins no cgroup here"
+        assert cgroup is None and umask is None, "a new interpreter joins no cgroup and keeps the umask here"
         return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd, env),
                               capture_output=True, text=True, timeout=timeout)
-    return warm_cli.run(module, args, cwd, cli_env(cwd, env), timeout, cgroup)
+    return warm_cli.run(module, args, cwd, cli_env(cwd, env), timeout, cgroup, umask)
 
 
 def start_cli(args: list[str], cwd: Path, env: dict | None = None, new_session: bool = False,

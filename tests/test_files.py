@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 
 import pytest
-from helpers import TINY, cli_env, run_dirs
+from helpers import TINY, run_cli, run_dirs
 
 from hpcbench.files import atomic_write_bytes, atomic_write_text, current_umask
 
@@ -33,14 +31,12 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, expected):
 
 @pytest.mark.slow
 def test_a_run_directory_and_its_report_are_readable_by_the_group_and_others(tmp_path):
-    env = cli_env(tmp_path)
-    command = f"umask 022 && exec {sys.executable} -m hpcbench.train " + " ".join([*TINY, "train.epochs=1"])
-    result = subprocess.run(["sh", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = run_cli([*TINY, "train.epochs=1"], tmp_path, umask=0o022)  # as after a shell's `umask 022`
     assert result.returncode == 0, result.stderr
     [run_dir] = run_dirs(tmp_path / "outputs")
     report = tmp_path / "report"
-    command = f"umask 022 && exec {sys.executable} -m hpcbench.report.cli {run_dir} --out {report}"
-    assert subprocess.run(["sh", "-c", command], capture_output=True, timeout=300).returncode == 0
+    result = run_cli([str(run_dir), "--out", str(report)], tmp_path, module="hpcbench.report.cli", umask=0o022)
+    assert result.returncode == 0, result.stderr
     files = [p for p in [*run_dir.rglob("*"), *report.rglob("*")] if p.is_file()]
     assert {p.name for p in files} >= {"summary.json", "metrics.jsonl", "env.json", "resolved_config.yaml", "best.pt",
                                         "report.md", "runs.csv"}

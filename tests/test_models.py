@@ -15,7 +15,7 @@ from helpers import run_cli
 from torch import nn
 
 from hpcbench.errors import ConfigError, WeightsError
-from hpcbench.models import IMAGENET_CLASSES, architecture_names, build_model, check_input_size, pretrained_weights_path
+from hpcbench.models import IMAGENET_CLASSES, architecture_names, build_model, forward_flops, pretrained_weights_path
 
 REFERENCE_MODELS = ["mobilenet_v2", "resnet18"]
 # RegNets compute their widths from tensors while they are built, which the meta device cannot;
@@ -75,7 +75,7 @@ def test_input_size_constraints_are_named_at_start():
                                           "multiple of 16"):
         build_model("vit_b_16", num_classes=10, image_size=40)
     with pytest.raises(ConfigError, match=r"model alexnet cannot take data.image_size=16 inputs .*raise data.image_size"):
-        check_input_size(build_model("alexnet", num_classes=10), "alexnet", 16)
+        forward_flops(build_model("alexnet", num_classes=10), "alexnet", 16)
 
 
 @pytest.mark.parametrize("name", REFERENCE_MODELS)

@@ -21,8 +21,10 @@ from helpers import (
     run_cli,
     run_dirs,
     sacct,
+    start_cli,
     synthetic_shards,
 )
+from warm_cli import Started
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -102,16 +104,8 @@ def test_mpi_starts_on_a_netmod_whose_address_slurms_pmi2_plugin_reads_whole(tmp
 
 
 def test_inside_an_allocation_the_ranks_are_started_with_srun(tmp_path):
-    # What a user types at the login node: salloc, then the plain command.
-    result = subprocess.run(["salloc", "-N2", "-n4", "--ntasks-per-node=2", sys.executable, "-m", "hpcbench.train",
-                             *DDP_4_ON_2], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr
-    assert "srun --mpi=pmi2 --wait=150 --ntasks 4 --nodes 2 --ntasks-per-node 2" in result.stderr
-    [run_dir] = run_dirs(tmp_path / "outputs")
-    _check_two_node_run(run_dir)
-
-    # The same line in a user's own batch script.
+    """The plain command in a user's own batch script (the original study's way; under salloc the
+    same code path sees the same allocation)."""
     script = tmp_path / "job.sh"
     script.write_text(f"#!/bin/sh\n#SBATCH -N 2\n#SBATCH -n 4\n#SBATCH --ntasks-per-node=2\n"
                       f"exec {sys.executable} -m hpcbench.train {' '.join(DDP_4_ON_2)} hydra.run.dir={tmp_path / 'batch'}\n")
@@ -121,7 +115,9 @@ def test_inside_an_allocation_the_ranks_are_started_with_srun(tmp_path):
     while sacct(job_id, "State") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
         assert time.monotonic() < deadline, f"batch job {job_id} did not end"
         time.sleep(1)
-    assert sacct(job_id, "State") == "COMPLETED", (tmp_path / "job.out").read_text()
+    output = (tmp_path / "job.out").read_text()
+    assert sacct(job_id, "State") == "COMPLETED", output
+    assert "srun --mpi=pmi2 --wait=150 --ntasks 4 --nodes 2 --ntasks-per-node 2" in output, output
     _check_two_node_run(tmp_path / "batch")
 
 
@@ -149,7 +145,7 @@ def _job_story(sweep: Path, job_id: str) -> str:
     return " ".join(fields) + f" sacct={sacct(job_id, 'State')}\n" + "\n".join(logs)
 
 
-def _wait_for_first_epoch(sweep: Path, seconds: float = 300, launcher: subprocess.Popen | None = None) -> str:
+def _wait_for_first_epoch(sweep: Path, seconds: float = 300, launcher: Started | None = None) -> str:
     """Wait until the sweep's first job has finished an epoch; returns its Slurm job id. A job that
     ends, or a launcher that exits, before that fails the test at once, with the job's story."""
     metrics = sweep / "0" / "metrics.jsonl"
@@ -178,16 +174,12 @@ def _pids_of_host(host: str) -> list[int]:
 def test_losing_a_host_fails_its_job_fast_names_what_went_missing_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
     # The 2-node job takes every declared CPU of both hosts, so the serial job waits for it.
-    command = [sys.executable, "-m", "hpcbench.train", *SLURM, "+layout=two_nodes", "mode.cpus_per_rank=2",
-               "train.epochs=200", "hydra.launcher.max_num_timeout=0", f"hydra.sweep.dir={sweep}"]
-    serial = [sys.executable, "-m", "hpcbench.train", *SLURM, "mode=cpu", f"hydra.sweep.dir={tmp_path / 'other'}"]
-    launcher = subprocess.Popen(command, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    launcher = start_cli([*SLURM, "+layout=two_nodes", "mode.cpus_per_rank=2", "train.epochs=200",
+                          "hydra.launcher.max_num_timeout=0", f"hydra.sweep.dir={sweep}"], tmp_path)
     job_id = None
     try:
         job_id = _wait_for_first_epoch(sweep, launcher=launcher)
-        other = subprocess.Popen(serial, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        other = start_cli([*SLURM, "mode=cpu", f"hydra.sweep.dir={tmp_path / 'other'}"], tmp_path)
         killed_at = time.monotonic()
         for pid in _pids_of_host("node2"):  # every process of the host: its ranks, slurmstepd, slurmd
             try:

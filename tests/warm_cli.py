@@ -52,12 +52,15 @@ def _interpreter_path() -> list[str]:
 
 
 def _run_module(module: str, args: list[str], cwd: str, env: dict, base_path: list[str], streams: str,
-                new_session: bool, cgroup: str | None) -> None:
+                new_session: bool, cgroup: str | None, umask: int | None) -> None:
     """The forked process: become `python -m MODULE ARGS` in `cwd` with `env` (first joining the
-    control group whose `cgroup.procs` is `cgroup`, as a job's processes are put in the job's),
-    then exit as the interpreter would (threads joined, atexit handlers run, streams flushed)."""
+    control group whose `cgroup.procs` is `cgroup`, as a job's processes are put in the job's, and
+    taking `umask`, as a shell's `umask` before the command), then exit as the interpreter would
+    (threads joined, atexit handlers run, streams flushed)."""
     if cgroup:
         Path(cgroup).write_text(str(os.getpid()))
+    if umask is not None:
+        os.umask(umask)
     if new_session:
         os.setsid()
     for fd, name in ((1, "stdout"), (2, "stderr")):
@@ -100,12 +103,12 @@ class Started:
     start_new_session=NEW_SESSION) the tests use. stdout and stderr are read when it has ended."""
 
     def __init__(self, module: str, args: list[str], cwd: Path, env: dict, new_session: bool = False,
-                 cgroup: Path | None = None):
+                 cgroup: Path | None = None, umask: int | None = None):
         self.args = [sys.executable, "-m", module, *args]
         self._streams = tempfile.TemporaryDirectory(prefix="warm-cli-")
         self._process = _context.Process(target=_run_module, args=(module, args, str(cwd), env, _interpreter_path(),
                                                                    self._streams.name, new_session,
-                                                                   str(cgroup) if cgroup else None))
+                                                                   str(cgroup) if cgroup else None, umask))
         self._process.start()
         self.pid = self._process.pid
         self.returncode: int | None = None
@@ -138,9 +141,9 @@ class Started:
 
 
 def run(module: str, args: list[str], cwd: Path, env: dict, timeout: float,
-        cgroup: Path | None = None) -> subprocess.CompletedProcess:
+        cgroup: Path | None = None, umask: int | None = None) -> subprocess.CompletedProcess:
     """Like subprocess.run([python, -m, MODULE, *ARGS], capture_output=True, text=True)."""
-    started = Started(module, args, cwd, env, cgroup=cgroup)
+    started = Started(module, args, cwd, env, cgroup=cgroup, umask=umask)
     try:
         stdout, stderr = started.communicate(timeout)
     except subprocess.TimeoutExpired:

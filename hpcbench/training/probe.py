@@ -19,7 +19,6 @@ from typing import List, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from hpcbench.config import PartitionConfig, RunConfig, run_partition
 from hpcbench.errors import ConfigError
@@ -110,16 +109,6 @@ def probe_processor(device: torch.device, dtype: Optional[torch.dtype], precisio
     return ProcessorProbe(device.type, precision, n, best / 1e12)
 
 
-def training_flops_per_sample(model: nn.Module, image_size: int) -> float:
-    """3 x the forward FLOPs of one image (counted on the meta device: no memory, no arithmetic)."""
-    import copy
-
-    meta = copy.deepcopy(model).to("meta").eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        meta(torch.empty(1, 3, image_size, image_size, device="meta"))
-    return 3.0 * counter.get_total_flops()
-
-
 def gradient_bytes(model: nn.Module) -> int:
     """What a step's all-reduce moves in: every trainable parameter's gradient."""
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
@@ -138,12 +127,13 @@ class Probes:
     seconds: float = 0.0  # what probing took
 
 
-def run_probes(model: nn.Module, image_size: int, topology: Topology, device: torch.device, backend: str,
+def run_probes(model: nn.Module, forward_flops: int, topology: Topology, device: torch.device, backend: str,
                options: StepOptions, partition: Optional[PartitionConfig], cores_per_rank: int,
                measure: bool) -> Probes:
-    """The model's costs always (no measurement: the meta device); the ceilings when `measure`."""
+    """The model's costs always (`forward_flops` of one image: models.forward_flops, counted on the
+    meta device; training takes 3x); the ceilings when `measure`."""
     start = time.perf_counter()
-    probes = Probes(gradient_bytes(model), training_flops_per_sample(model, image_size))
+    probes = Probes(gradient_bytes(model), 3.0 * forward_flops)
     if partition is not None and partition.peak_tflops:
         per_device = partition.peak_tflops * (cores_per_rank if device.type == "cpu" else 1)
         probes.nominal_peak_tflops = per_device
@@ -157,13 +147,13 @@ def run_probes(model: nn.Module, image_size: int, topology: Topology, device: to
     return probes
 
 
-def probe_run(cfg: RunConfig, model: nn.Module, device: torch.device, topology: Topology,
-                options: StepOptions) -> Probes:
+def probe_run(cfg: RunConfig, model: nn.Module, forward_flops: int, device: torch.device, topology: Topology,
+              options: StepOptions) -> Probes:
     """The probes of this run: its partition's nominal ceilings, its rank's cores, its backend."""
     try:
         partition: Optional[PartitionConfig] = run_partition(cfg)[1]
     except ConfigError:  # a profile without this device's partition states no nominal ceilings
         partition = None
     cores = threads_per_rank(topology, cfg.mode.cpus_per_rank) if device.type == "cpu" else 1
-    return run_probes(unwrap(model), cfg.data.image_size, topology, device,
+    return run_probes(unwrap(model), forward_flops, topology, device,
                       resolve_backend(cfg.mode.backend, cfg.mode.device), options, partition, cores, cfg.train.probe)

@@ -11,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 from hpcbench.config import RunConfig, per_device_batch
 from hpcbench.data.sampling import DataPipeline
 from hpcbench.errors import HpcbenchError
-from hpcbench.models import build_configured_model, check_input_size, check_pretrained_available, unwrap
+from hpcbench.models import build_configured_model, check_pretrained_available, forward_flops, unwrap
 from hpcbench.mpi.failures import failure_line, one_line
 from hpcbench.mpi.process_group import all_reduce_sum, wait_for_main_rank
 from hpcbench.mpi.topology import SERIAL, Topology, threads_per_rank
@@ -179,13 +179,14 @@ def evaluate(model: nn.Module, loader, device: torch.device, topology: Topology,
 
 
 def build_training_model(cfg: RunConfig, num_classes: int, device: torch.device, topology: Topology,
-                         options: StepOptions, timer: StepTimer) -> nn.Module:
+                         options: StepOptions, timer: StepTimer) -> Tuple[nn.Module, int]:
+    """The model to train, and its forward FLOPs per image (the pass that checks the input size)."""
     model = build_configured_model(cfg.model, num_classes, cfg.data.image_size)
-    check_input_size(model, cfg.model.name, cfg.data.image_size)
+    flops = forward_flops(model, cfg.model.name, cfg.data.image_size)
     model = options.prepare_model(model.to(device))
     if topology.distributed:
         model = wrap_for_ddp(model, device, timer, options, cfg.data.image_size)
-    return torch.compile(model) if options.compile else model
+    return (torch.compile(model) if options.compile else model), flops
 
 
 def fit(cfg: RunConfig, out_dir: Path, topology: Topology = SERIAL) -> RunSummary:
@@ -230,11 +231,11 @@ def _train_epochs(cfg: RunConfig, record: RunRecord, pipeline: DataPipeline, dev
     options = StepOptions.resolve(cfg.train.precision, cfg.train.channels_last, cfg.train.compile, device)
     record.step_options(options, pipeline.kind)
     timer = StepTimer(device)
-    model = build_training_model(cfg, len(pipeline.classes), device, topology, options, timer)
+    model, flops = build_training_model(cfg, len(pipeline.classes), device, topology, options, timer)
     optimizer = build_optimizer(model.parameters(), cfg.train)
     step_fn = TrainStep(model, optimizer, options, device, timer)
     schedule = LearningRateSchedule.for_run(cfg, len(pipeline.train_loader))
-    record.probed(probe_run(cfg, model, device, topology, options), len(pipeline.train_loader))
+    record.probed(probe_run(cfg, model, flops, device, topology, options), len(pipeline.train_loader))
     energy = EnergyMeter(device, reads_node_counter=topology.local_rank == 0)
     energy.start()
     first_epoch = 1

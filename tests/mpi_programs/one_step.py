@@ -27,6 +27,10 @@ def step(model, images, labels):
 
 
 def main(result_path: str) -> None:
+    # One thread a rank, as the product's CPU ranks have on shared cores (threads_per_rank): torch's
+    # default of one thread per core, times the ranks on a node, oversubscribes it, and OpenMP's
+    # spinning threads then took twice the CPU (4 ranks on 2 cores: 32 s, 16 s with one thread).
+    torch.set_num_threads(1)
     topology = mpi_topology(init_mpi().COMM_WORLD.Get_size())
     init_process_group(topology, "gloo", 60)
     torch.manual_seed(0)
