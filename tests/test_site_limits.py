@@ -17,6 +17,7 @@ from helpers import (
     MPIEXEC,
     REPO,
     TINY,
+    cli_env,
     compose_run,
     read_json,
     read_metrics,
@@ -133,9 +134,7 @@ def _ddp_under_open_file_limit(tmp_path: Path, shards: Path, ranks: list[list[st
     command = ["prlimit", f"--nofile={OPEN_FILE_LIMIT}:{OPEN_FILE_LIMIT}", MPIEXEC]
     for rank, environment in enumerate(ranks):
         command += [*([":"] if rank else []), "-n", "1", *environment, sys.executable, "-m", "hpcbench.train", *args]
-    env = {**os.environ, **EXAMPLE_PATH, "HPCBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    job = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(command, cwd=tmp_path, env=cli_env(tmp_path, EXAMPLE_PATH), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watch = ShardFileWatch(job.pid, shards)
     watch.start()
     _, stderr = job.communicate(timeout=300)
