@@ -29,7 +29,7 @@ from warm_cli import Started
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 LAYOUTS = ["--config-dir", str(REPO / "tests" / "cluster" / "conf")]  # +layout=one_node|two_nodes
-SLURM = [*LAYOUTS, "-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=1", "hardware=ci_cluster", *TINY,
+SLURM = [*LAYOUTS, "-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=0.25", "hardware=ci_cluster", *TINY,
          "train.epochs=1", "mode.device=cpu"]  # flags before the overrides: argparse wants them there
 CLUSTER = REPO / "tests" / "cluster" / "cluster.sh"
 DDP_4_ON_2 = ["mode=ddp", "mode.ranks=4", "mode.nodes=2", "mode.device=cpu", *TINY, "train.epochs=1"]
@@ -114,7 +114,7 @@ def test_inside_an_allocation_the_ranks_are_started_with_srun(tmp_path):
     deadline = time.monotonic() + 300
     while sacct(job_id, "State") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
         assert time.monotonic() < deadline, f"batch job {job_id} did not end"
-        time.sleep(1)
+        time.sleep(0.25)
     output = (tmp_path / "job.out").read_text()
     assert sacct(job_id, "State") == "COMPLETED", output
     assert "srun --mpi=pmi2 --wait=150 --ntasks 4 --nodes 2 --ntasks-per-node 2" in output, output
@@ -215,7 +215,7 @@ def _wait_until_idle(seconds: float = 90) -> None:
         if states.split() and set(states.split()) <= {"idle"}:
             return
         assert time.monotonic() < deadline, f"the cluster did not come back: {states}"
-        time.sleep(1)
+        time.sleep(0.25)
 
 
 def test_a_drained_node_is_named_before_anything_is_submitted(tmp_path):
@@ -259,7 +259,7 @@ def test_a_requeued_two_node_job_resumes_and_ends_with_the_uninterrupted_metrics
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
     while sacct(job_id, "State") != "COMPLETED" or read_json(sweep / "0" / "summary.json")["status"] != "completed":
         assert time.monotonic() < deadline, f"requeued job {job_id} did not complete: {_job_story(sweep, job_id)}"
-        time.sleep(1)
+        time.sleep(0.25)
     summary = read_json(sweep / "0" / "summary.json")
     assert summary["restarts"] >= 1 and summary["nodes"] == 2 and summary["pipeline"] == "stream"
     log = (sweep / "0" / "train.log").read_text()

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 # A foreign app names its resources as hydra-submitit-launcher does.
 RESOURCES = ["hydra.launcher.partition=debug", "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1",
-             "hydra.launcher.mem_gb=1", "hydra.launcher.poll_interval_s=1"]
+             "hydra.launcher.mem_gb=1", "hydra.launcher.poll_interval_s=0.25"]
 APP = REPO / "tests" / "foreign_app" / "app.py"
 
 

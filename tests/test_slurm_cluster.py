@@ -16,7 +16,7 @@ from PIL import Image
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 
-SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=1", "hardware=ci_cluster", *TINY, "train.epochs=1"]
+SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=0.25", "hardware=ci_cluster", *TINY, "train.epochs=1"]
 
 
 def _image_folder(root: Path) -> Path:
@@ -72,7 +72,7 @@ def test_one_multirun_submits_cpu_and_ddp_jobs_with_their_own_resources_and_stat
         status = run_cli([str(sweep)], tmp_path, timeout=60, module="hpcbench.slurm.status")
         if status.stdout.count("COMPLETED") == 2:
             break
-        time.sleep(2)
+        time.sleep(0.5)
     assert status is not None and status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.count("completed 1/1 epochs") == 2
     assert {job["state"] for job in manifest(sweep)["jobs"]} == {"COMPLETED"}
