@@ -157,6 +157,13 @@ def test_no_config_value_reaches_a_shell(tmp_path):
                       "hydra.launcher.name='x; touch pwned'", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert "#SBATCH --job-name='x; touch pwned'" in result.stdout
     assert not (tmp_path / "pwned").exists()
+    # A newline would end its #SBATCH line (a comment, where quotes do not count): refused in one line.
+    result = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.dry_run=true", "hardware=ci_cluster",
+                      "hydra.launcher.comment='x\ntouch pwned\n#'", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert result.returncode == 2 and "Dry run" not in result.stdout
+    assert result.stderr.strip() == ("hpcbench-train: error: hydra.launcher.comment holds the control character '\\n': "
+                                     "it would break the line of the sbatch script it lands on (a newline starts a "
+                                     "shell command); remove it")
 
 
 def _image_tree(root: Path, broken: bool = False) -> Path:

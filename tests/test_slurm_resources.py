@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 
 from hpcbench.errors import ConfigError
-from hpcbench.slurm.resources import derive_request
-from hpcbench.slurm.sbatch import sbatch_script
+from hpcbench.slurm.resources import SlurmRequest, derive_request
+from hpcbench.slurm.sbatch import check_script_values, sbatch_script
 
 EXPECTED = Path(__file__).parent / "slurm" / "expected"
 FOLDER = Path("/scratch/sweep/.submitit/%j")
@@ -121,3 +122,26 @@ def test_a_sweep_with_one_impossible_job_is_refused_whole(tmp_path):
         f"hpcbench-train: error: job #1 (hardware=param_utkarsh hardware.python={sys.executable} mode=ddp "
         f"mode.device=cpu mode.ranks=64): ")
     assert "Dry run" not in result.stdout
+
+
+@pytest.mark.parametrize(("request_values", "job_name", "folder", "key"), [
+    ({"comment": "x\ntouch pwned\n#"}, "hpcbench", FOLDER, "hydra.launcher.comment"),
+    ({"additional_parameters": (("mail_user\ntouch pwned\n#", "me"),)}, "hpcbench", FOLDER,
+     "hydra.launcher.additional_parameters.mail_user\\ntouch pwned\\n#"),
+    ({"additional_parameters": (("mail_user", "me\r"),)}, "hpcbench", FOLDER, "hydra.launcher.additional_parameters.mail_user"),
+    ({"srun_args": ("--mpi=pmi2", "--x\ty")}, "hpcbench", FOLDER, "hydra.launcher.srun_args"),
+    ({"python": "/opt/py\nthon"}, "hpcbench", FOLDER, "hardware.python"),
+    ({}, "name\n#", FOLDER, "hydra.launcher.name"),
+    ({}, "hpcbench", Path("/scratch/a\nb/.submitit/%j"), "hydra.sweep.dir"),
+])
+def test_a_control_character_in_any_value_of_the_sbatch_script_is_refused(request_values, job_name, folder, key):
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)} holds the control character"):
+        check_script_values(SlurmRequest(**request_values), job_name, folder)
+
+
+def test_what_a_newline_would_do_to_the_script_and_what_is_left_alone():
+    # What submitit writes for it, unchecked: the comment's second line is a shell command of the job.
+    assert "touch pwned" in sbatch_script(SlurmRequest(comment="x\ntouch pwned\n#"), "hpcbench", FOLDER).splitlines()
+    # The setup lines are shell lines by design; an ordinary request has nothing to refuse.
+    check_script_values(SlurmRequest(setup=("module load openmpi/4.1.1", "printf 'a\\tb'")), "hpcbench", FOLDER)
+    check_script_values(derive_request(compose_run(["hardware=param_utkarsh", "mode=ddp"])), "hpcbench", FOLDER)

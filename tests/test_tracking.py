@@ -225,3 +225,18 @@ def test_an_offline_run_logs_nothing_until_it_is_uploaded(server, offline_run, t
     assert _epochs(client, run.info.run_id) == [1, 2] and run.info.status == "FINISHED"
     [report] = [r for r in runs if r.data.tags.get("hpcbench.report_dir")]  # single runs: the report's own run
     assert "report/report.md" in {a.path for a in client.list_artifacts(report.info.run_id, "report")}
+
+
+def test_the_tracker_sets_its_environment_before_its_thread_starts(tmp_path, monkeypatch):
+    """setenv is not thread-safe while the main thread starts CUDA and DataLoader workers: the
+    variables MLflow's client reads are set by the constructor, so the thread's connect() only
+    reads them. The thread syncs nothing until the run directory changes."""
+    from hpcbench.tracking.client_env import FAST_FAILURE
+    from hpcbench.tracking.live import LiveTracker
+
+    for name in FAST_FAILURE:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # the user's own value stays
+    tracker = LiveTracker("http://127.0.0.1:9", "never-contacted", tmp_path, None)
+    assert tracker._thread.is_alive() and tracker.syncs == 0
+    assert {name: os.environ[name] for name in FAST_FAILURE} == {**FAST_FAILURE, "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}

@@ -29,7 +29,7 @@ from hpcbench.slurm.manifest import Manifest, ManifestJob
 from hpcbench.slurm.monitor import category, stderr_tail, wait_for
 from hpcbench.slurm.nodes import check_nodes_available
 from hpcbench.slurm.resources import SlurmRequest, check_compute_environment, derive_request
-from hpcbench.slurm.sbatch import sbatch_script
+from hpcbench.slurm.sbatch import check_script_values, sbatch_script
 
 log = logging.getLogger("hpcbench")
 
@@ -141,6 +141,8 @@ class SlurmSweep:
         planned = [plan_job(self.hydra_context, self.config, initial_job_idx + i, overrides, self.options.resources)
                    for i, overrides in enumerate(job_overrides)]  # every job checked before any is submitted
         groups = group_by_request(planned)
+        for request in groups:
+            check_script_values(request, self.options.name, self.folder)
         if self.options.dry_run:
             print_dry_run(groups, self.folder, self.options)
             return [_job_return(job, JobStatus.COMPLETED, None) for job in planned]

@@ -4,8 +4,9 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional, Tuple
 
+from hpcbench.errors import ConfigError
 from hpcbench.slurm.resources import SlurmRequest
 
 
@@ -24,3 +25,30 @@ def sbatch_script(request: SlurmRequest, job_name: str, folder: Path, array_size
     python = request.python or python or sys.executable
     return _make_sbatch_string(command=submitit_command(folder, python), folder=folder, map_count=array_size,
                                signal_delay_s=signal_delay_s, **request.sbatch_parameters(job_name))
+
+
+def _script_values(request: SlurmRequest, job_name: str, folder: Path) -> Iterator[Tuple[str, Any]]:
+    """(the key a user sets, its value) for every value that lands in the script. The setup lines
+    are left out: they are shell lines by design."""
+    yield "hydra.launcher.name", job_name
+    yield "hydra.sweep.dir", folder
+    for key, value in request.as_dict().items():
+        if key == "additional_parameters":  # (name, value) pairs: both land on an #SBATCH line
+            for name, option in value:
+                yield f"hydra.launcher.additional_parameters.{name}", name
+                yield f"hydra.launcher.additional_parameters.{name}", option
+        elif key == "srun_args":
+            yield from ((f"hydra.launcher.{key}", arg) for arg in value)
+        elif key != "setup":
+            yield ("hardware.python" if key == "python" else f"hydra.launcher.{key}"), value
+
+
+def check_script_values(request: SlurmRequest, job_name: str, folder: Path) -> None:
+    """Refuse a control character in any value the sbatch script holds: a newline in one would end
+    its `#SBATCH` line and make the rest a shell command of the job (comment='x\ntouch ~/pwned\n#');
+    quoting does not help on a comment line."""
+    for key, value in _script_values(request, job_name, folder):
+        bad = next((char for char in str(value) if ord(char) < 32 or ord(char) == 127), None) if value is not None else None
+        if bad is not None:  # the key escaped too: a name in additional_parameters may hold one
+            raise ConfigError(f"{key.encode('unicode_escape').decode()} holds the control character {bad!r}: it would break the line of the sbatch "
+                              f"script it lands on (a newline starts a shell command); remove it")

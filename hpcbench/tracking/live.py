@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from hpcbench.config import RunConfig
+from hpcbench.tracking.client_env import fail_fast_environment
 
 log = logging.getLogger("hpcbench")
 
@@ -49,6 +50,7 @@ class LiveTracker:
         # What tracking costs: syncs done and the CPU seconds of this thread, the first sync (which
         # imports mlflow and connects) apart
         self.syncs, self.cpu_s, self.first_cpu_s = 0, 0.0, 0.0
+        fail_fast_environment()  # here, not in the thread's connect(): see fail_fast_environment
         self._thread = threading.Thread(target=self._work, name="hpcbench-mlflow", daemon=True)
         self._thread.start()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -24,23 +23,19 @@ from typing import Any, Dict, List, Optional
 from hpcbench.report.collect import read_json_file, read_metrics_file, read_run_config
 from hpcbench.report.row import lr_policy, workload_key
 from hpcbench.rundir import ENV, METRICS, PROBE, RESOLVED_CONFIG, SUMMARY
+from hpcbench.tracking.client_env import fail_fast_environment
 
 TAG_RUN_DIR = "hpcbench.run_dir"
 TAG_SWEEP_DIR = "hpcbench.sweep_dir"
 PARENT_TAG = "mlflow.parentRunId"
 ARTIFACTS = (RESOLVED_CONFIG, SUMMARY, METRICS, ENV, PROBE, "train.log")
 MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "diverged": "FAILED", "interrupted": "KILLED"}
-# MLflow's client retries a request 7 times over minutes by default: a tracker that is down must
-# cost a run seconds, not minutes (the live tracker retries on its own, then gives up).
-FAST_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 BATCH = 100  # MLflow takes at most 100 params (and 1000 metrics) per log_batch
 
 
 def connect(uri: str):
     """An MlflowClient for `uri` (imported here: mlflow is an extra, and slow to import)."""
-    for name, value in FAST_FAILURE.items():
-        os.environ.setdefault(name, value)
+    fail_fast_environment()  # a no-op in the live tracker's thread, whose constructor set them
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
