@@ -45,10 +45,11 @@ def _script_values(request: SlurmRequest, job_name: str, folder: Path) -> Iterat
 
 def check_script_values(request: SlurmRequest, job_name: str, folder: Path) -> None:
     """Refuse a control character in any value the sbatch script holds: a newline in one would end
-    its `#SBATCH` line and make the rest a shell command of the job (comment='x\ntouch ~/pwned\n#');
+    its `#SBATCH` line and make the rest a shell command of the job (comment='x\\ntouch ~/pwned\\n#');
     quoting does not help on a comment line."""
     for key, value in _script_values(request, job_name, folder):
-        bad = next((char for char in str(value) if ord(char) < 32 or ord(char) == 127), None) if value is not None else None
-        if bad is not None:  # the key escaped too: a name in additional_parameters may hold one
-            raise ConfigError(f"{key.encode('unicode_escape').decode()} holds the control character {bad!r}: it would break the line of the sbatch "
-                              f"script it lands on (a newline starts a shell command); remove it")
+        bad = [char for char in ("" if value is None else str(value)) if ord(char) < 32 or ord(char) == 127]
+        if bad:
+            shown = key.encode("unicode_escape").decode()  # a name in additional_parameters may hold one too
+            raise ConfigError(f"{shown} holds the control character {bad[0]!r}: it would break the line of the "
+                              f"sbatch script it lands on (a newline starts a shell command); remove it")
