@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")  # MPICH's, installed with mpi4py's mpich extra
 PRIMARY_CONFIG = "hpcbench"
+# The test sweeps ask Slurm for their jobs' states 4 times a second (the launcher's default is 5 s):
+# a tiny job runs for a second or two, and Hydra's launcher suite took 114 s polling once a second, 82 s so.
+FAST_POLL = "hydra.launcher.poll_interval_s=0.25"
 
 # Small enough for a 2-core machine: 32 px, a few hundred images, 2 epochs, no worker processes,
 # no probes (a second a run; the tests of the probes turn them on).

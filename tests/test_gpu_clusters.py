@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from helpers import REPO, TINY, cli_env, compose_run, run_cli
+from helpers import FAST_POLL, REPO, TINY, cli_env, compose_run, run_cli
 
 from hpcbench.config import COLLECTIVE_TIMEOUT_S, COMPILE_COLLECTIVE_TIMEOUT_S, collective_timeout
 from hpcbench.errors import ConfigError, DeviceError
@@ -227,7 +227,7 @@ def test_a_slurm_job_whose_ranks_cannot_use_their_gpus_is_reported_with_the_rank
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     sweep = tmp_path / "sweep"
-    result = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=0.25", "hydra.launcher.max_num_timeout=0",
+    result = run_cli(["-m", "hydra/launcher=slurm", FAST_POLL, "hydra.launcher.max_num_timeout=0",
                       "hardware=ci_cluster_gpu", "mode=ddp", f"hydra.sweep.dir={sweep}", *TINY], tmp_path, timeout=300)
     assert result.returncode != 0
     failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED ")]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    FAST_POLL,
     MPIEXEC,
     REPO,
     TINY,
@@ -29,7 +30,7 @@ from warm_cli import Started
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 LAYOUTS = ["--config-dir", str(REPO / "tests" / "cluster" / "conf")]  # +layout=one_node|two_nodes
-SLURM = [*LAYOUTS, "-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=0.25", "hardware=ci_cluster", *TINY,
+SLURM = [*LAYOUTS, "-m", "hydra/launcher=slurm", FAST_POLL, "hardware=ci_cluster", *TINY,
          "train.epochs=1", "mode.device=cpu"]  # flags before the overrides: argparse wants them there
 CLUSTER = REPO / "tests" / "cluster" / "cluster.sh"
 DDP_4_ON_2 = ["mode=ddp", "mode.ranks=4", "mode.nodes=2", "mode.device=cpu", *TINY, "train.epochs=1"]

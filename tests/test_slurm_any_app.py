@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, cli_env, manifest, run_cli, sacct
+from helpers import FAST_POLL, REPO, cli_env, manifest, run_cli, sacct
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 # A foreign app names its resources as hydra-submitit-launcher does.
 RESOURCES = ["hydra.launcher.partition=debug", "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1",
-             "hydra.launcher.mem_gb=1", "hydra.launcher.poll_interval_s=0.25"]
+             "hydra.launcher.mem_gb=1", FAST_POLL]
 APP = REPO / "tests" / "foreign_app" / "app.py"
 
 

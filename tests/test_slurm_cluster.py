@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY, job_count, manifest, read_json, run_cli, sacct
+from helpers import FAST_POLL, TINY, job_count, manifest, read_json, run_cli, sacct
 from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 
-SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=0.25", "hardware=ci_cluster", *TINY, "train.epochs=1"]
+SLURM = ["-m", "hydra/launcher=slurm", FAST_POLL, "hardware=ci_cluster", *TINY, "train.epochs=1"]
 
 
 def _image_folder(root: Path) -> Path:

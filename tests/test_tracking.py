@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TINY, free_port, read_json, run_cli, start_cli
+from helpers import FAST_POLL, REPO, TINY, free_port, read_json, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 mlflow = pytest.importorskip("mlflow")
@@ -98,7 +98,7 @@ def logged_sweep(server, slurm_cluster, tmp_path_factory):
         pytest.skip("the test cluster's bridge is not here")
     root = tmp_path_factory.mktemp("tracked")
     sweep = root / "tracked-sweep"  # the parent run's name
-    result = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.poll_interval_s=0.25", "hardware=ci_cluster",
+    result = run_cli(["-m", "hydra/launcher=slurm", FAST_POLL, "hardware=ci_cluster",
                       "mode=cpu,ddp", "mode.device=cpu", "tracking=mlflow", f"tracking.uri={server.uri}",
                       "tracking.experiment=ci-sweep", f"hydra.sweep.dir={sweep}", *TINY], root, timeout=600)
     assert result.returncode == 0, result.stderr
