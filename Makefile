@@ -29,9 +29,10 @@ demo: $(INSTALLED)
 	$(BIN)/hpcbench-train -m experiment=quickstart hydra.sweep.dir=$(DEMO_SWEEP)
 	$(BIN)/hpcbench-report $(DEMO_SWEEP) --out reports/quickstart --title "hpcbench quickstart: serial CPU vs 2 DDP ranks (synthetic data, 32 px)"
 
+# One pytest-xdist worker a core (tests/parallel.py says how the tests are shared out).
 PYTEST_ARGS ?=  # more pytest options; .ci/run adds --durations=25
 test: $(INSTALLED)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --numprocesses=auto $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check hpcbench hydra_plugins tests

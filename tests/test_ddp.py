@@ -21,7 +21,7 @@ from hpcbench.data.sampling import train_shard_sampler
 from hpcbench.data.sources import ImageFolderSource
 from hpcbench.models import build_model
 from hpcbench.mpi import lost_contact
-from hpcbench.mpi.topology import SERIAL
+from hpcbench.mpi.topology import SERIAL, Topology, threads_per_rank
 from hpcbench.rundir import read_resolved_config
 from hpcbench.training.step import StepOptions
 from hpcbench.training.trainer import evaluate
@@ -62,10 +62,24 @@ def test_two_rank_run_writes_a_complete_run_directory(two_rank_run):
     assert env["mpi"].startswith("MPICH")
     assert env["communication"]["NCCL_SOCKET_IFNAME"] == "lo"
     assert env["communication"]["MPIR_CVAR_ENABLE_GPU"] == "0"  # ranks use MPI only to find each other
-    # Two ranks share this machine's cores: each runs its share, and env.json says so.
-    assert env["torch_threads"] == summary["cores_per_rank"] == max(1, len(os.sched_getaffinity(0)) // 2)
+    # Two ranks share this machine's cores: each runs its share (or what OMP_NUM_THREADS says, as
+    # in a parallel test session), and env.json says so.
+    share = int(os.environ.get("OMP_NUM_THREADS", max(1, len(os.sched_getaffinity(0)) // 2)))
+    assert env["torch_threads"] == summary["cores_per_rank"] == share
     log = (run_dir / "train.log").read_text()
     assert log.count("epoch 2/2") == 1  # rank 1 stays quiet
+
+
+def test_a_cpu_ranks_threads_are_the_configs_then_slurms_then_omp_num_threads_then_a_share(monkeypatch):
+    two_ranks = Topology(world_size=2, local_size=2, distributed=True)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads_per_rank(two_ranks) == max(1, len(os.sched_getaffinity(0)) // 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_per_rank(two_ranks) == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")  # a login shell's OMP_NUM_THREADS exported into the job
+    assert threads_per_rank(two_ranks) == 8
+    assert threads_per_rank(two_ranks, cpus_per_rank=4) == 4
 
 
 def test_the_process_that_starts_the_ranks_imports_no_torch():

@@ -203,9 +203,12 @@ def barrier() -> None:
 
 def threads_per_rank(topology: Topology, cpus_per_rank: Optional[int] = None) -> int:
     """CPU ranks share their node's cores: mode.cpus_per_rank when set, else Slurm's
-    cpus-per-task, else an equal share of the cores this process may use."""
+    cpus-per-task, else OMP_NUM_THREADS (the environment's word, as torch takes it), else an equal
+    share of the cores this process may use. Slurm's comes before OMP_NUM_THREADS: a login shell's
+    OMP_NUM_THREADS=1, exported into a job of 8 cores a task, would leave 7 of them idle."""
     if cpus_per_rank is not None:
         return cpus_per_rank
-    if "SLURM_CPUS_PER_TASK" in os.environ:
-        return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    for variable in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        if os.environ.get(variable, "").isdigit():
+            return max(1, int(os.environ[variable]))
     return max(1, len(os.sched_getaffinity(0)) // topology.local_size)
