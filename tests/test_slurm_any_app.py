@@ -62,6 +62,8 @@ def test_a_foreign_app_sweeps_on_slurm_as_with_hydras_basic_launcher(tmp_path):
     assert (tmp_path / "slurm" / "1" / "result.txt").read_text() == "foreign 1 204\n"  # the resolver ran on Slurm
     jobs = manifest(tmp_path / "slurm")["jobs"]
     assert [job["request"]["partition"] for job in jobs] == ["debug"] * 3
+    # The test cluster's MaxArraySize is 2: an array of 2 jobs and a lone job.
+    assert [job["slurm_job_id"].count("_") for job in jobs] == [1, 1, 0]
     assert sacct(jobs[0]["slurm_job_id"], "JobName") == "foreign"  # hydra.job.name names the Slurm job
     status = run_cli([str(tmp_path / "slurm")], tmp_path, timeout=60, module="hpcbench.slurm.status")
     assert status.returncode == 0 and status.stdout.count("COMPLETED") == 3

@@ -12,6 +12,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 
 from hpcbench.errors import ConfigError
+from hpcbench.slurm.arrays import plan_arrays
 from hpcbench.slurm.resources import SlurmRequest, derive_request
 from hpcbench.slurm.sbatch import check_script_values, sbatch_script
 
@@ -145,3 +146,14 @@ def test_what_a_newline_would_do_to_the_script_and_what_is_left_alone():
     # The setup lines are shell lines by design; an ordinary request has nothing to refuse.
     check_script_values(SlurmRequest(setup=("module load openmpi/4.1.1", "printf 'a\\tb'")), "hpcbench", FOLDER)
     check_script_values(derive_request(compose_run(["hardware=param_utkarsh", "mode=ddp"])), "hpcbench", FOLDER)
+
+
+def test_arrays_are_split_under_max_array_size_and_share_the_sweeps_parallelism():
+    cpu, ddp = SlurmRequest(cpus_per_task=1), SlurmRequest(tasks_per_node=2)
+    arrays = plan_arrays({cpu: list(range(7)), ddp: ["a", "b"]}, parallelism=256, max_size=3)
+    assert [(a.request, a.jobs) for a in arrays] == [(cpu, [0, 1, 2]), (cpu, [3, 4, 5]), (cpu, [6]), (ddp, ["a", "b"])]
+    assert [a.parallelism for a in arrays] == [3, 3, 1, 2]  # each runs whole: 256 is more than 9 jobs
+    # At most 5 of the sweep's jobs at once: the small arrays take what they can use, the rest share.
+    assert [a.parallelism for a in plan_arrays({cpu: list(range(7)), ddp: ["a"]}, 5, max_size=4)] == [2, 2, 1]
+    assert [a.parallelism for a in plan_arrays({cpu: list(range(9))}, 2, max_size=3)] == [1, 1, 1]  # never 0
+    assert sbatch_script(cpu, "hpcbench", FOLDER, array_size=3, parallelism=2).count("#SBATCH --array=0-2%2") == 1

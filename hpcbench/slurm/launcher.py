@@ -1,5 +1,6 @@
 """A sweep on Slurm: plan every job (its own config -> its own resources), refuse what the
-hardware cannot hold, then submit one job array per distinct request, follow them and report.
+hardware cannot hold, then submit one job array per distinct request (split where the cluster's
+MaxArraySize would refuse it: slurm/arrays.py), follow them and report.
 
 Called by the `hydra/launcher=slurm` plugin (hydra_plugins/hpcbench_slurm_launcher), for any
 Hydra application: a job of hpcbench's own apps derives its request from its config, other apps'
@@ -24,6 +25,7 @@ from hpcbench.config import RunConfig, to_run_config
 from hpcbench.errors import ConfigError, HpcbenchError
 from hpcbench.mpi.failures import failed_run_cause
 from hpcbench.rundir import RunDirectory, read_summary
+from hpcbench.slurm.arrays import JobArray, plan_arrays
 from hpcbench.slurm.job import HydraSlurmJob
 from hpcbench.slurm.manifest import Manifest, ManifestJob
 from hpcbench.slurm.monitor import category, stderr_tail, wait_for
@@ -115,12 +117,13 @@ def why_failed(job: PlannedJob, handle: Any) -> str:
     return "stderr tail:\n" + stderr_tail(handle)
 
 
-def print_dry_run(groups: Dict[SlurmRequest, List[PlannedJob]], folder: Path, options: LauncherOptions) -> None:
+def print_dry_run(arrays: List[JobArray[PlannedJob]], folder: Path, options: LauncherOptions) -> None:
     out = sys.stdout
-    out.write(f"Dry run: {sum(len(g) for g in groups.values())} job(s) in {len(groups)} array(s); nothing is submitted.\n")
-    for request, jobs in groups.items():
+    out.write(f"Dry run: {sum(len(a.jobs) for a in arrays)} job(s) in {len(arrays)} array(s); nothing is submitted.\n")
+    for array in arrays:
+        request, jobs = array.request, array.jobs
         script = sbatch_script(request, options.name, folder, len(jobs) if len(jobs) > 1 else None,
-                               options.signal_delay_s)
+                               options.signal_delay_s, parallelism=array.parallelism)
         for job in jobs:
             out.write(f"\n{job.label}\n  resources: {request.describe()}\n  run dir:   {job.run_dir}\n"
                       f"  python:    {request.python or sys.executable}\n")
@@ -143,13 +146,14 @@ class SlurmSweep:
         groups = group_by_request(planned)
         for request in groups:
             check_script_values(request, self.options.name, self.folder)
+        arrays = plan_arrays(groups, self.options.array_parallelism)
         if self.options.dry_run:
-            print_dry_run(groups, self.folder, self.options)
+            print_dry_run(arrays, self.folder, self.options)
             return [_job_return(job, JobStatus.COMPLETED, None) for job in planned]
         for request, jobs in groups.items():  # nodes down or drained now: said before anything is submitted
             check_nodes_available(f"job {jobs[0].label}", request.partition, request.nodes)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        submitted = self._submit(groups)
+        submitted = self._submit(arrays)
         manifest = Manifest(str(self.sweep_dir), datetime.now().isoformat(timespec="seconds"),
                             [ManifestJob(job.num, job.overrides, str(job.run_dir), handle.job_id, job.request.as_dict())
                              for job, handle in submitted])
@@ -160,12 +164,13 @@ class SlurmSweep:
         states = wait_for([handle for _, handle in submitted], self.options.poll_interval_s)
         return self._results(submitted, states, manifest)
 
-    def _submit(self, groups: Dict[SlurmRequest, List[PlannedJob]]) -> List[tuple]:
+    def _submit(self, arrays: List[JobArray[PlannedJob]]) -> List[tuple]:
         import submitit  # lazy: Hydra imports launcher plugins at every start
 
         callable_job = HydraSlurmJob(self.hydra_context, self.task_function, self.config)
         submitted = []
-        for request, jobs in groups.items():
+        for array in arrays:
+            request, jobs = array.request, array.jobs
             executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=self.options.max_num_timeout,
                                               python=request.python)
             parameters = request.sbatch_parameters(self.options.name)
@@ -175,7 +180,7 @@ class SlurmSweep:
                 parameters["additional_parameters"] = {**parameters.get("additional_parameters", {}),
                                                        "no_requeue": True}
             executor.update_parameters(signal_delay_s=self.options.signal_delay_s,
-                                       array_parallelism=self.options.array_parallelism, **parameters)
+                                       array_parallelism=array.parallelism, **parameters)
             handles = executor.map_array(callable_job, [job.overrides for job in jobs], [job.num for job in jobs],
                                          [Singleton.get_state()] * len(jobs))
             for job, handle in zip(jobs, handles, strict=True):

@@ -16,15 +16,16 @@ def submitit_command(folder: Path, python: str = sys.executable) -> str:
 
 
 def sbatch_script(request: SlurmRequest, job_name: str, folder: Path, array_size: Optional[int] = None,
-                  signal_delay_s: int = 90, python: Optional[str] = None) -> str:
+                  signal_delay_s: int = 90, python: Optional[str] = None, parallelism: Optional[int] = None) -> str:
     """The script calls the request's interpreter (the profile's hardware.python), else `python`,
-    else this one."""
+    else this one. An array of `array_size` jobs runs `parallelism` of them at once (all: None)."""
     # submitit's own generator, so the dry run shows exactly what a submission writes.
     from submitit.slurm.slurm import _make_sbatch_string
 
     python = request.python or python or sys.executable
     return _make_sbatch_string(command=submitit_command(folder, python), folder=folder, map_count=array_size,
-                               signal_delay_s=signal_delay_s, **request.sbatch_parameters(job_name))
+                               array_parallelism=parallelism or array_size or 1, signal_delay_s=signal_delay_s,
+                               **request.sbatch_parameters(job_name))
 
 
 def _script_values(request: SlurmRequest, job_name: str, folder: Path) -> Iterator[Tuple[str, Any]]:

@@ -50,7 +50,7 @@ class SlurmLauncherConf:
     name: str = "${hydra.job.name}"  # the job name
     signal_delay_s: int = 90  # Slurm signals the job this long before its time limit
     max_num_timeout: int = 3  # requeues after a time limit or preemption (the job checkpoints first); 0: never requeued
-    array_parallelism: int = 256
+    array_parallelism: int = 256  # at most this many of the sweep's jobs run at once (shared between its arrays)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="slurm", node=SlurmLauncherConf, provider="hpcbench")

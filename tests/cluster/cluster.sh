@@ -126,6 +126,8 @@ MinJobAge=300
 KillWait=5
 Waittime=0
 GresTypes=gpu
+# A site's cap on job arrays, set low: every test sweep of 3 or more alike jobs is split (slurm/arrays.py).
+MaxArraySize=2
 NodeName=DEFAULT CPUs=${CPUS} Boards=1 SocketsPerBoard=1 CoresPerSocket=${CPUS} ThreadsPerCore=1 RealMemory=${memory} Gres=gpu:${GPUS} State=UNKNOWN
 EOF
     for i in $(seq "$n"); do
