@@ -91,3 +91,17 @@ def test_one_multirun_submits_cpu_and_ddp_jobs_with_their_own_resources_and_stat
         for name in ("metrics.jsonl", "env.json", "resolved_config.yaml", ".hydra/config.yaml", "checkpoints/best.pt"):
             assert (run_dir / name).exists(), (run_dir, name)
     assert read_json(sweep / "1" / "env.json")["slurm"]["SLURM_JOB_ID"]
+
+
+def test_a_sweep_past_the_users_max_submit_jobs_is_refused_before_anything_is_submitted(tmp_path):
+    before = job_count()
+    subprocess.run(["sacctmgr", "-i", "modify", "user", "root", "set", "MaxSubmitJobs=2"], check=True, timeout=30)
+    try:
+        result = run_cli([*SLURM, "mode=cpu", "train.seed=1,2,3", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path,
+                         timeout=120)
+    finally:
+        subprocess.run(["sacctmgr", "-i", "modify", "user", "root", "set", "MaxSubmitJobs=-1"], check=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "this sweep submits 3 job(s), but user root may have 2 in the queue (MaxSubmitJobs of account root)" in line
+    assert job_count() == before

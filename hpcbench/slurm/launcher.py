@@ -30,6 +30,7 @@ from hpcbench.slurm.job import HydraSlurmJob
 from hpcbench.slurm.manifest import Manifest, ManifestJob
 from hpcbench.slurm.monitor import category, stderr_tail, wait_for
 from hpcbench.slurm.nodes import check_nodes_available
+from hpcbench.slurm.quota import check_submit_quota
 from hpcbench.slurm.resources import SlurmRequest, check_compute_environment, derive_request
 from hpcbench.slurm.sbatch import check_script_values, sbatch_script
 
@@ -152,6 +153,7 @@ class SlurmSweep:
             return [_job_return(job, JobStatus.COMPLETED, None) for job in planned]
         for request, jobs in groups.items():  # nodes down or drained now: said before anything is submitted
             check_nodes_available(f"job {jobs[0].label}", request.partition, request.nodes)
+        check_submit_quota(len(planned))  # and a sweep larger than the user's MaxSubmitJobs
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         submitted = self._submit(arrays)
         manifest = Manifest(str(self.sweep_dir), datetime.now().isoformat(timespec="seconds"),
