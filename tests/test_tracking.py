@@ -18,6 +18,8 @@ pytestmark = pytest.mark.slow
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from hpcbench.tracking.mlflow_run import sweep_status  # noqa: E402
+
 BRIDGE_ADDRESS = "10.250.0.254"  # the root namespace on the test cluster's bridge (tests/cluster/cluster.sh)
 ARTIFACTS = REPO / "outputs" / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -130,6 +132,23 @@ def test_a_slurm_sweep_is_a_parent_run_with_every_job_a_child(server, logged_swe
     assert {"summary.json", "resolved_config.yaml", "train.log"} <= {a.path for a in client.list_artifacts(ddp.info.run_id)}
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/scaling.csv", "report/speedup.png"} <= report
+    assert parent.info.status == "FINISHED"
+
+
+def test_a_sweep_with_a_failed_job_leaves_a_failed_parent_run_not_a_running_one(server, tmp_path):
+    """Hydra ends a sweep (on_multirun_end) only when no job failed: the sweep's process marks its
+    parent FAILED as it exits. A report uploaded later ends a parent by its runs' statuses."""
+    sweep = tmp_path / "failing-sweep"
+    result = run_cli(["-m", *TINY, "data=image_folder", f"data.root={tmp_path / 'missing'}", "tracking=mlflow",
+                      f"tracking.uri={server.uri}", "tracking.experiment=failing", f"hydra.sweep.dir={sweep}"],
+                     tmp_path)
+    assert result.returncode != 0
+    client = server.client()
+    [parent] = [run for run in _runs(client, "failing") if run.data.tags.get("hpcbench.sweep_dir") == str(sweep.resolve())]
+    assert parent.info.status == "FAILED"
+    assert sweep_status(["completed", "completed"]) == "FINISHED" and sweep_status(["completed", "failed"]) == "FAILED"
+    assert sweep_status(["interrupted"]) == "FAILED" and sweep_status(["completed", "running"]) is None
+    assert sweep_status([]) is None  # a sweep whose runs have not started
 
 
 def test_the_mlflow_ui_shows_the_sweeps_runs_in_a_real_browser(server, logged_sweep):

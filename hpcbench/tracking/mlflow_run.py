@@ -74,6 +74,14 @@ def sweep_parent(client, experiment: str, sweep_dir: Path) -> str:
     return client.create_run(experiment, run_name=sweep_dir.name, tags={TAG_SWEEP_DIR: str(sweep_dir)}).info.run_id
 
 
+def sweep_status(run_statuses: List[str]) -> Optional[str]:
+    """A sweep's parent run once every run has ended (their summary.json statuses): FINISHED when all
+    completed, else FAILED; None while one runs or has not started."""
+    if not run_statuses or any(status not in MLFLOW_STATUS for status in run_statuses):
+        return None
+    return "FINISHED" if all(status == "completed" for status in run_statuses) else "FAILED"
+
+
 def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, str]:
     flat: Dict[str, str] = {}
     for key, value in config.items():

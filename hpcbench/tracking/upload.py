@@ -1,7 +1,8 @@
 """`hpcbench-report ... --mlflow URI`: the report's run directories and the report itself into
 MLflow. Every run directory is synced (mlflow_run.RunSync: what a live tracker logged stays, what
 it missed, offline or while the tracker was down, is added); a sweep's runs are children of the
-sweep's parent run, which also gets the report's files (report.md, the plots, scaling.csv)."""
+sweep's parent run, which also gets the report's files (report.md, the plots, scaling.csv), and
+whose status then follows its runs: FINISHED or FAILED once every one has ended."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,9 @@ from typing import List, Optional
 
 from hpcbench.errors import HpcbenchError
 from hpcbench.report.collect import find_run_dirs, read_run_config
+from hpcbench.rundir import read_summary
 from hpcbench.tracking.live import first_line
-from hpcbench.tracking.mlflow_run import RunSync, connect, experiment_id, find_run, sweep_parent
+from hpcbench.tracking.mlflow_run import RunSync, connect, experiment_id, find_run, sweep_parent, sweep_status
 
 TAG_REPORT_DIR = "hpcbench.report_dir"
 
@@ -54,6 +56,9 @@ def _upload(paths: List[Path], report_dir: Path, uri: str, experiment: Optional[
             if (run_dir / "summary.json").is_file():
                 RunSync(client, experiment_key, run_dir, parent).sync()
                 synced += 1
+        ended = sweep_status([read_summary(run_dir).get("status", "running") for run_dir in run_dirs])
+        if parent is not None and ended is not None:  # the sweep's status follows its runs (wait=false, a failure)
+            client.set_terminated(parent, ended)
     if not parents:  # single runs only: the report gets a run of its own
         report = str(Path(report_dir).resolve())
         parents = [find_run(client, experiment_key, TAG_REPORT_DIR, report)
