@@ -56,9 +56,10 @@ def _upload(paths: List[Path], report_dir: Path, uri: str, experiment: Optional[
             if (run_dir / "summary.json").is_file():
                 RunSync(client, experiment_key, run_dir, parent).sync()
                 synced += 1
-        ended = sweep_status([read_summary(run_dir).get("status", "running") for run_dir in run_dirs])
-        if parent is not None and ended is not None:  # the sweep's status follows its runs (wait=false, a failure)
-            client.set_terminated(parent, ended)
+        if parent is not None:  # the sweep's status follows its runs (wait=false, a failure)
+            ended = sweep_status([read_summary(run_dir).get("status", "running") for run_dir in run_dirs])
+            if ended is not None:
+                client.set_terminated(parent, ended)
     if not parents:  # single runs only: the report gets a run of its own
         report = str(Path(report_dir).resolve())
         parents = [find_run(client, experiment_key, TAG_REPORT_DIR, report)
