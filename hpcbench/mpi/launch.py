@@ -5,7 +5,7 @@ with its MPI plugin); no config value ever passes through a shell. Inside a Slur
 `salloc` shell, a batch script) the ranks are the allocation's: srun starts them, whatever the
 profile says, and the allocation's nodes and tasks bound the request. When the ranks fail, the
 user gets one line naming the rank and host that failed first; the tracebacks stay in the run
-directory (mpi/failures.py).
+directory (failure_records.py).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from hpcbench.config import RunConfig
 from hpcbench.errors import ConfigError, HpcbenchError
-from hpcbench.mpi.failures import RANKS_DIR, failed_run_cause, read_failures
+from hpcbench.failure_records import RANKS_DIR, failed_run_cause, read_failures
 from hpcbench.rundir import RunDirectory, read_summary
 from hpcbench.slurm.resources import derive_request, srun_rank_args
 

@@ -10,28 +10,28 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from hpcbench.config import RunConfig, to_run_config
-from hpcbench.errors import ConfigError, HpcbenchError
-from hpcbench.mpi.failures import failed_run_cause
+from hpcbench.errors import HpcbenchError
+from hpcbench.failure_records import failed_run_cause
 from hpcbench.rundir import RunDirectory, read_summary
 from hpcbench.slurm.arrays import JobArray, plan_arrays
+from hpcbench.slurm.compose import SweepComposer
 from hpcbench.slurm.job import HydraSlurmJob
 from hpcbench.slurm.manifest import Manifest, ManifestJob
 from hpcbench.slurm.monitor import category, stderr_tail, wait_for
 from hpcbench.slurm.nodes import check_nodes_available
+from hpcbench.slurm.planning import PlannedJob, SweepPlanner
 from hpcbench.slurm.quota import check_submit_quota
-from hpcbench.slurm.resources import SlurmRequest, check_compute_environment, derive_request
+from hpcbench.slurm.resources import SlurmRequest
 from hpcbench.slurm.sbatch import check_script_values, sbatch_script
 
 log = logging.getLogger("hpcbench")
@@ -49,46 +49,8 @@ class LauncherOptions:
     resources: Dict[str, Any]  # hydra.launcher's resource keys; None: not set
 
 
-@dataclass
-class PlannedJob:
-    num: int
-    overrides: List[str]
-    run_dir: Path
-    request: SlurmRequest
-
-    @property
-    def label(self) -> str:
-        return f"#{self.num} {' '.join(filter_overrides(self.overrides))}"
-
-
 class SlurmSweepError(HpcbenchError):
     """One or more jobs of the sweep failed."""
-
-
-def is_hpcbench_config(job_config: DictConfig) -> bool:
-    """A job of one of hpcbench's own apps: its config has every group of RunConfig."""
-    return all(name in job_config for name in (f.name for f in fields(RunConfig)))
-
-
-def plan_job(hydra_context: HydraContext, master: DictConfig, num: int, overrides: Sequence[str],
-             resources: Dict[str, Any]) -> PlannedJob:
-    """Compose this job's own config and derive its request; a ConfigError names the job."""
-    config = hydra_context.config_loader.load_sweep_config(master, list(overrides))
-    with open_dict(config.hydra):
-        config.hydra.job.num = num
-    HydraConfig.instance().set_config(config)  # `${hydra:...}` resolves against this job, as in run_job
-    run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-    job_config = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
-    try:
-        if is_hpcbench_config(job_config):
-            run = to_run_config(job_config)
-            request = derive_request(run).with_overrides(resources)
-            check_compute_environment(run, request)
-        else:
-            request = SlurmRequest().with_overrides(resources)
-    except ConfigError as error:
-        raise ConfigError(f"job #{num} ({' '.join(filter_overrides(overrides))}): {error}") from None
-    return PlannedJob(num, list(overrides), run_dir, request)
 
 
 def group_by_request(jobs: List[PlannedJob]) -> Dict[SlurmRequest, List[PlannedJob]]:
@@ -119,31 +81,40 @@ def why_failed(job: PlannedJob, handle: Any) -> str:
 
 
 def print_dry_run(arrays: List[JobArray[PlannedJob]], folder: Path, options: LauncherOptions) -> None:
+    """Each array once (its request and sbatch script), then its jobs a line each: readable for a
+    sweep of one job and of a thousand."""
     out = sys.stdout
     out.write(f"Dry run: {sum(len(a.jobs) for a in arrays)} job(s) in {len(arrays)} array(s); nothing is submitted.\n")
-    for array in arrays:
+    for number, array in enumerate(arrays, 1):
         request, jobs = array.request, array.jobs
         script = sbatch_script(request, options.name, folder, len(jobs) if len(jobs) > 1 else None,
                                options.signal_delay_s, parallelism=array.parallelism)
-        for job in jobs:
-            out.write(f"\n{job.label}\n  resources: {request.describe()}\n  run dir:   {job.run_dir}\n"
-                      f"  python:    {request.python or sys.executable}\n")
-            if request.gpu_binding():
-                out.write(f"  GPU binding: {request.gpu_binding()}\n")
-            out.write("  sbatch script:\n" + "".join(f"    {line}\n" for line in script.splitlines()))
+        out.write(f"\nArray {number} of {len(arrays)}: {len(jobs)} job(s), at most {array.parallelism} at once\n"
+                  f"  resources: {request.describe()}\n  python:    {request.python or sys.executable}\n")
+        if request.gpu_binding():
+            out.write(f"  GPU binding: {request.gpu_binding()}\n")
+        out.write("  jobs (run directory):\n" + "".join(f"    {job.label}  ({job.run_dir})\n" for job in jobs))
+        out.write("  sbatch script:\n" + "".join(f"    {line}\n" for line in script.splitlines()))
     out.flush()
 
 
 class SlurmSweep:
     def __init__(self, options: LauncherOptions, hydra_context: HydraContext, task_function: TaskFunction,
                  config: DictConfig):
-        self.options, self.hydra_context, self.task_function, self.config = options, hydra_context, task_function, config
+        self.options, self.task_function, self.config = options, task_function, config
+        # Every job is composed twice before submission (the sweeper checks it, plan_job derives its
+        # request): the sweep's context gets a loader that composes each choice of config groups once.
+        # The jobs keep Hydra's own loader: they compose one config each, on their node.
+        self.job_context = HydraContext(config_loader=hydra_context.config_loader, callbacks=hydra_context.callbacks)
+        self.composer = SweepComposer(hydra_context.config_loader)
+        hydra_context.config_loader = self.composer  # type: ignore[assignment]  # the sweeper holds this context
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.folder = self.sweep_dir / ".submitit" / "%j"
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
-        planned = [plan_job(self.hydra_context, self.config, initial_job_idx + i, overrides, self.options.resources)
-                   for i, overrides in enumerate(job_overrides)]  # every job checked before any is submitted
+        planner = SweepPlanner(self.composer, self.config, self.options.resources)
+        planned = [planner.plan(initial_job_idx + i, overrides)  # every job checked before any is submitted
+                   for i, overrides in enumerate(job_overrides)]
         groups = group_by_request(planned)
         for request in groups:
             check_script_values(request, self.options.name, self.folder)
@@ -169,7 +140,7 @@ class SlurmSweep:
     def _submit(self, arrays: List[JobArray[PlannedJob]]) -> List[tuple]:
         import submitit  # lazy: Hydra imports launcher plugins at every start
 
-        callable_job = HydraSlurmJob(self.hydra_context, self.task_function, self.config)
+        callable_job = HydraSlurmJob(self.job_context, self.task_function, self.config)
         submitted = []
         for array in arrays:
             request, jobs = array.request, array.jobs

@@ -11,7 +11,8 @@ import torch.distributed as dist
 
 from hpcbench.config import RunConfig, collective_timeout
 from hpcbench.errors import ConfigError, DeviceError, HpcbenchError
-from hpcbench.mpi.failures import clear_failures, one_line, record_failure, record_on_lost_contact
+from hpcbench.failure_records import clear_failures
+from hpcbench.mpi.failures import one_line, record_failure, record_on_lost_contact
 from hpcbench.mpi.lost_contact import stop_listening
 from hpcbench.mpi.process_group import init_process_group, resolve_backend, shutdown
 from hpcbench.mpi.topology import Topology, allgather, exit_without_mpi_finalize, mpi_topology
