@@ -156,7 +156,7 @@ def test_plots_are_pngs_and_every_link_resolves(original_study, tmp_path):
     assert sorted(links) == ["curves.png", "efficiency.png", "speedup.png", "throughput.png", "time_breakdown.png"]
     for link in links:
         width, height = _png_size(out / link)
-        assert (width, height) == ((1000, 450) if link in ("curves.png", "time_breakdown.png") else (700, 450))
+        assert (width, height) == (1000, 450)  # FIGSIZE at DPI: the legend beside the axes, not over the data
 
 
 def test_same_inputs_give_byte_identical_markdown_and_csv(original_study, tmp_path):
@@ -164,3 +164,24 @@ def test_same_inputs_give_byte_identical_markdown_and_csv(original_study, tmp_pa
     write_report([original_study], tmp_path / "b")
     for name in ("report.md", "runs.csv", "scaling.csv", "studies.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_many_studies_get_a_plot_each_whose_axes_fit_the_measurements(tmp_path, monkeypatch):
+    from hpcbench.report import plots
+
+    sweep = tmp_path / "sweep"
+    for model in ("mobilenet_v2", "resnet18", "resnet50"):
+        make_run(sweep, f"{model}_cpu", ["+original_study=serial_cpu", f"model={model}"], 500.0, 0.96, 32.0)
+        make_run(sweep, f"{model}_gpu", ["+original_study=single_gpu", f"model={model}"], 180.0, 0.96, 95.0)
+        make_run(sweep, f"{model}_ddp", ["+original_study=ddp_2gpu", f"model={model}", "mode.ranks=4"], 50.0, 0.96, 360.0)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append((path.name, figure)) or path.name)
+    write_report([sweep], tmp_path / "out")
+    speedups = {name: figure for name, figure in figures if name.startswith("speedup")}
+    assert sorted(speedups) == ["speedup_S1.png", "speedup_S2.png", "speedup_S3.png"]  # 6 series: one plot a study
+    assert {"efficiency_S1.png", "efficiency_S3.png"} <= {name for name, _ in figures}
+    axis = speedups["speedup_S1.png"].axes[0]
+    assert axis.get_xlim()[1] == pytest.approx(8 * 1.2)  # 4 devices measured: drawn up to one doubling beyond
+    assert max(max(line.get_xdata()) for line in axis.get_lines()) == pytest.approx(8)
+    assert not axis.get_legend()  # the figure's legend, beside the axes
+    assert "Speedup vs devices: S2" in (tmp_path / "out" / "report.md").read_text()

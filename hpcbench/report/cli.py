@@ -60,9 +60,11 @@ def write_report(paths: List[Path], out: Path, baseline: str = "auto", tolerance
     if not table.empty:
         names = study_names(table)
         labels = [f"{names[r.study]} {r.mode} x{r.devices} b{r.batch_per_device}" for r in table.itertuples()]
-        figures = {
-            "Speedup vs devices": plots.speedup_plot(table, fits, limits, names, out / "speedup.png"),
-            "Parallel efficiency vs devices": plots.efficiency_plot(table, names, out / "efficiency.png"),
+        for suffix, rows in plots.by_study(table, names):  # one plot per study when there are many series
+            of = f": {suffix[1:]}" if suffix else ""
+            figures[f"Speedup vs devices{of}"] = plots.speedup_plot(rows, fits, limits, names, out / f"speedup{suffix}.png")
+            figures[f"Parallel efficiency vs devices{of}"] = plots.efficiency_plot(rows, names, out / f"efficiency{suffix}.png")
+        figures |= {
             "Time per step by phase": plots.time_breakdown_plot(table, labels, out / "time_breakdown.png"),
             "Test accuracy and loss per epoch": plots.curves_plot(collection.metrics, _run_labels(collection), out / "curves.png"),
             "Throughput vs batch size": plots.throughput_plot(table, out / "throughput.png"),

@@ -1,8 +1,9 @@
 """The report's figures (matplotlib, Agg backend: no display needed)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import matplotlib
 
@@ -11,61 +12,108 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 from hpcbench.report.limits import NetworkLimit  # noqa: E402
-from hpcbench.report.scaling import PREDICT_UP_TO, ScalingFit  # noqa: E402
+from hpcbench.report.scaling import ScalingFit  # noqa: E402
 
-FIGSIZE = (7.0, 4.5)
+FIGSIZE = (10.0, 4.5)  # the axes, and the legend right of them (outside the data)
 LEGEND_RUNS = 20  # curves_plot names each run in its legend up to this many runs
+SERIES_PER_PLOT = 4  # more (study, device, scaling) series than this: one speedup and efficiency plot per study
 DPI = 100
 PNG_METADATA = {"Software": None}  # no version string: identical inputs give identical files
+MODEL_ALPHA, LIMIT_ALPHA = 0.55, 0.12  # fitted models faint, the limits' bands fainter: the measurements first
+
+Series = Tuple[str, str, str]  # (study, device, scaling)
+
+
+def _figure(columns: int = 1, **options):
+    return plt.subplots(1, columns, figsize=FIGSIZE, layout="constrained", **options)
 
 
 def _save(figure, path: Path) -> str:
-    figure.tight_layout()
     figure.savefig(path, dpi=DPI, metadata=PNG_METADATA)
     plt.close(figure)
     return path.name
 
 
-def _series_label(study_names: Dict[str, str], study: str, device: str, scaling: str) -> str:
+def _legend_outside(figure, axis=None, fontsize: int = 7) -> None:
+    """The legend right of the axes; of `axis` alone where every panel draws the same series."""
+    figure.legend(*(axis.get_legend_handles_labels() if axis is not None else ()), loc="outside right upper",
+                  fontsize=fontsize)
+
+
+def _series_label(study_names: Dict[str, str], series: Series) -> str:
+    study, device, scaling = series
     return f"{study_names[study]} {device} ({scaling})"
+
+
+def _device_axis(axis, top: int) -> None:
+    """Devices on a log axis with plain ticks at the powers of two up to `top`."""
+    ticks = [2 ** k for k in range(int(math.log2(top)) + 1)]
+    axis.set_xscale("log")
+    axis.set_xlim(1 / 1.2, top * 1.2)
+    axis.set_xticks(ticks, [str(t) for t in ticks])
+    axis.xaxis.set_minor_locator(NullLocator())
+
+
+def by_study(table: pd.DataFrame, study_names: Dict[str, str]) -> List[Tuple[str, pd.DataFrame]]:
+    """(file name suffix, rows) of each scaling plot: one plot of every series while they are few,
+    else one per study ("" or "_S1", "_S2", ...)."""
+    if table.groupby(["study", "device", "scaling"]).ngroups <= SERIES_PER_PLOT:
+        return [("", table)]
+    return [(f"_{study_names[study]}", group) for study, group in table.groupby("study", sort=True)]
 
 
 def speedup_plot(table: pd.DataFrame, fits: List[ScalingFit], limits: List[NetworkLimit], study_names: Dict[str, str],
                  path: Path) -> str:
-    figure, axis = plt.subplots(figsize=FIGSIZE)
-    top = max(PREDICT_UP_TO, int(table["devices"].max()))
-    ideal = np.array([1, top])
-    devices = np.unique(np.geomspace(1, top, 40).round())
-    axis.plot(ideal, ideal, color="grey", linestyle=":", label="ideal (linear)")
-    for (study, device, scaling), group in table.dropna(subset=["scaling_speedup"]).groupby(["study", "device", "scaling"], sort=True):
-        label = _series_label(study_names, study, device, scaling)
-        axis.plot(group["devices"], group["scaling_speedup"], marker="o", linestyle="-", label=f"{label}: measured")
-    for fit in fits:
-        axis.plot(devices, fit.predict(devices), linestyle="--",
-                  label=f"{_series_label(study_names, fit.study, fit.device, fit.scaling)}: {fit.law} model, p={fit.parallel_fraction:.3f}")
-    for limit in limits:
-        label = _series_label(study_names, limit.study, limit.device, limit.scaling)
-        for overlap, style in ((False, (0, (1, 1))), (True, (0, (5, 1, 1, 1)))):
-            axis.plot(devices, limit.speedup(devices, overlap), linestyle=style, linewidth=1,
-                      label=f"{label}: network-bound limit, {'perfect' if overlap else 'no'} overlap "
-                            f"({limit.busbw_gbps:.2g} GB/s bus)")
-    axis.set(xscale="log", yscale="log", xlabel="devices (GPUs or CPU ranks)", ylabel="speedup over 1 device of the same type",
-             title="Speedup (dashed: fitted model; dotted: limits from the probes)")
-    axis.legend(fontsize=7)
-    axis.grid(True, which="both", alpha=0.3)
+    """The measured speedups first; each series' fitted model (dashed) and its network-bound limit
+    (a band from no overlap to perfect overlap) faint in its colour, over the measured device
+    counts and one doubling beyond (further out they are extrapolations: the prediction table)."""
+    figure, axis = _figure()
+    measured = table.dropna(subset=["scaling_speedup"])
+    top = 2 * max(1, int(table["devices"].max()))
+    devices = np.geomspace(1, top, 60)
+    axis.plot([1, top], [1, top], color="grey", linestyle=":", linewidth=1, label="ideal (linear)")
+    series = sorted(table.groupby(["study", "device", "scaling"]).groups)
+    colour = {key: f"C{index % 10}" for index, key in enumerate(series)}
+    for key, group in measured.groupby(["study", "device", "scaling"], sort=True):
+        axis.plot(group["devices"], group["scaling_speedup"], marker="o", linewidth=2, color=colour[key],
+                  label=f"{_series_label(study_names, key)}: measured")
+    for fit in (f for f in fits if (f.study, f.device, f.scaling) in colour):
+        key = (fit.study, fit.device, fit.scaling)
+        axis.plot(devices, fit.predict(devices), linestyle="--", linewidth=1, alpha=MODEL_ALPHA, color=colour[key],
+                  label=f"{_series_label(study_names, key)}: {fit.law} model, p={fit.parallel_fraction:.3f}")
+    for limit in (m for m in limits if (m.study, m.device, m.scaling) in colour):
+        key = (limit.study, limit.device, limit.scaling)
+        axis.fill_between(devices, limit.speedup(devices, False), limit.speedup(devices, True), color=colour[key],
+                          alpha=LIMIT_ALPHA, linewidth=0, label=f"{_series_label(study_names, key)}: network-bound "
+                                                                 f"limit ({limit.busbw_gbps:.2g} GB/s bus)")
+    _device_axis(axis, top)
+    axis.set_yscale("log")
+    low, high = axis.get_ylim()
+    ticks = [2.0 ** k for k in range(math.floor(math.log2(low)), math.ceil(math.log2(high)) + 1)]
+    axis.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    axis.yaxis.set_minor_locator(NullLocator())
+    axis.set_ylim(low, high)
+    axis.set(xlabel="devices (GPUs or CPU ranks)", ylabel="speedup over 1 device of the same type",
+             title="Speedup (band: network-bound limit, from no to perfect overlap)")
+    axis.grid(True, which="major", alpha=0.3)
+    _legend_outside(figure)
     return _save(figure, path)
 
 
 def efficiency_plot(table: pd.DataFrame, study_names: Dict[str, str], path: Path) -> str:
-    figure, axis = plt.subplots(figsize=FIGSIZE)
-    for (study, device, scaling), group in table.dropna(subset=["efficiency"]).groupby(["study", "device", "scaling"], sort=True):
-        axis.plot(group["devices"], group["efficiency"], marker="o", label=_series_label(study_names, study, device, scaling))
-    axis.axhline(1.0, color="grey", linestyle=":", label="ideal")
-    axis.set(xlabel="devices", ylabel="parallel efficiency", title="Parallel efficiency", ylim=(0, None))
-    axis.legend(fontsize=7)
+    figure, axis = _figure()
+    measured = table.dropna(subset=["efficiency"])
+    for key, group in measured.groupby(["study", "device", "scaling"], sort=True):
+        axis.plot(group["devices"], group["efficiency"], marker="o", linewidth=2, label=_series_label(study_names, key))
+    axis.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="ideal")
+    _device_axis(axis, max(1, int(table["devices"].max())))
+    top = max([1.1, *(measured["efficiency"] * 1.05)])  # a superlinear point stays in view
+    axis.set(xlabel="devices", ylabel="parallel efficiency", title="Parallel efficiency", ylim=(0, top))
     axis.grid(True, alpha=0.3)
+    _legend_outside(figure)
     return _save(figure, path)
 
 
@@ -76,7 +124,7 @@ STEP_PHASES = [("data_step_s", "data wait"), ("compute_step_s", "forward + backw
 def time_breakdown_plot(table: pd.DataFrame, labels: List[str], path: Path) -> str:
     """Left: a training step's time stacked by phase; right: evaluation per epoch. One bar per
     configuration, labelled with its devices."""
-    figure, (step_axis, eval_axis) = plt.subplots(1, 2, figsize=(10.0, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    figure, (step_axis, eval_axis) = _figure(2, gridspec_kw={"width_ratios": [3, 1]})
     x = np.arange(len(table))
     bottom = np.zeros(len(table))
     for column, name in STEP_PHASES:
@@ -96,7 +144,7 @@ def curves_plot(metrics: Dict[str, List[dict]], labels: Dict[str, tuple], path: 
     """One curve per run. Up to LEGEND_RUNS runs the legend names each run; beyond, the runs of a
     configuration share a colour and one legend entry (a legend of 1,000 runs is unreadable, and
     drawing it took most of a large report's time)."""
-    figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(10.0, 4.5))
+    figure, (acc_axis, loss_axis) = _figure(2)
     axes = {"test_acc": acc_axis, "test_loss": loss_axis}
     if len(metrics) <= LEGEND_RUNS:
         for name in sorted(metrics):
@@ -116,19 +164,19 @@ def curves_plot(metrics: Dict[str, List[dict]], labels: Dict[str, tuple], path: 
             axis.autoscale()
     acc_axis.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy per epoch")
     loss_axis.set(xlabel="epoch", ylabel="test loss", title="Test loss per epoch")
-    acc_axis.legend(fontsize=6)
     for axis in (acc_axis, loss_axis):
         axis.grid(True, alpha=0.3)
+    _legend_outside(figure, acc_axis, fontsize=6)
     return _save(figure, path)
 
 
 def throughput_plot(table: pd.DataFrame, path: Path) -> str:
-    figure, axis = plt.subplots(figsize=FIGSIZE)
+    figure, axis = _figure()
     for (mode, device, devices), group in table.groupby(["mode", "device", "devices"], sort=True):
         group = group.sort_values("batch_per_device")
         axis.plot(group["batch_per_device"], group["samples_per_s"], marker="o", label=f"{mode} {device} x{devices}")
     axis.set(xscale="log", xlabel="batch per device", ylabel="training images / s (all devices)",
              title="Throughput vs batch size")
-    axis.legend(fontsize=7)
     axis.grid(True, which="both", alpha=0.3)
+    _legend_outside(figure)
     return _save(figure, path)

@@ -35,7 +35,6 @@ AVERAGED = ["total_time_s", "time_per_epoch_s", "samples_per_s", "best_test_acc"
             "eval_time_s", "peak_memory_mb", "comm_exposed_share", "comm_overlap_share", "straggler_ratio",
             "grad_bytes", "flops_per_sample", "peak_tflops", "nominal_peak_tflops", "achieved_tflops", "mfu",
             "mfu_nominal", "busbw_gbps", "allreduce_latency_s", "nominal_busbw_gbps", "device_hours", "energy_j"]
-PREDICT_UP_TO = 64
 
 
 def configurations(runs: pd.DataFrame) -> pd.DataFrame:
