@@ -84,9 +84,11 @@ class HardwareConfig:
     # The compute nodes' interpreter (where `setup` activates another environment than the login
     # node's); None: the one that submits. The launcher checks its torch build against the GPUs.
     python: Optional[str] = None
-    # NCCL's network on multi-homed nodes, set for every rank (None: NCCL's own choice)
+    # The ranks' network on multi-homed nodes, set for every rank unless the user exported the
+    # variable (None: the library's own choice): NCCL's (GPU ranks), gloo's (CPU ranks)
     nccl_socket_ifname: Optional[str] = None  # e.g. ib0, or ^docker,lo
     nccl_ib_hca: Optional[str] = None  # e.g. mlx5_0,mlx5_1
+    gloo_socket_ifname: Optional[str] = None  # e.g. ib0 (gloo takes one interface or a comma list)
     account: Optional[str] = None
     qos: Optional[str] = None
     constraint: Optional[str] = None
@@ -95,7 +97,8 @@ class HardwareConfig:
 
     def network_variables(self) -> Dict[str, str]:
         """The environment variables the profile sets for every rank."""
-        chosen = {"NCCL_SOCKET_IFNAME": self.nccl_socket_ifname, "NCCL_IB_HCA": self.nccl_ib_hca}
+        chosen = {"NCCL_SOCKET_IFNAME": self.nccl_socket_ifname, "NCCL_IB_HCA": self.nccl_ib_hca,
+                  "GLOO_SOCKET_IFNAME": self.gloo_socket_ifname}
         return {name: value for name, value in chosen.items() if value}
 
 

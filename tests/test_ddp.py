@@ -40,11 +40,13 @@ def _mpiexec(args: list[str], cwd: Path, ranks: int = 2, timeout: float = 300, e
 
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory) -> Path:
-    """One 2-rank CLI run that the tests below read. The profile's choice of NCCL's interface, to
-    be seen reaching every rank under gloo too; 75 test images, not divisible by 2 ranks, so
-    DistributedSampler's padding would be visible in the test accuracy."""
+    """One 2-rank CLI run that the tests below read. The profile's choice of gloo's interface, to
+    be seen reaching every rank, and of NCCL's, to be seen losing to the user's export; 75 test
+    images, not divisible by 2 ranks, so DistributedSampler's padding would be visible in the test
+    accuracy."""
     root = tmp_path_factory.mktemp("two_ranks")
-    result = run_cli([*DDP, "hardware.nccl_socket_ifname=lo", "data.limit_test=75"], root)
+    result = run_cli([*DDP, "hardware.nccl_socket_ifname=ib0", "hardware.gloo_socket_ifname=lo", "data.limit_test=75"],
+                     root, env={"NCCL_SOCKET_IFNAME": "lo"})  # what the user exported stands over the profile
     assert result.returncode == 0, result.stderr
     [run_dir] = run_dirs(root / "outputs")
     return run_dir
@@ -60,7 +62,7 @@ def test_two_rank_run_writes_a_complete_run_directory(two_rank_run):
     assert (run_dir / "checkpoints" / "best.pt").is_file()
     env = read_json(run_dir / "env.json")
     assert env["mpi"].startswith("MPICH")
-    assert env["communication"]["NCCL_SOCKET_IFNAME"] == "lo"
+    assert env["communication"]["NCCL_SOCKET_IFNAME"] == env["communication"]["GLOO_SOCKET_IFNAME"] == "lo"
     assert env["communication"]["MPIR_CVAR_ENABLE_GPU"] == "0"  # ranks use MPI only to find each other
     # Two ranks share this machine's cores: each runs its share (or what OMP_NUM_THREADS says, as
     # in a parallel test session), and env.json says so.
@@ -207,12 +209,15 @@ def test_a_rank_waiting_on_rank_0_when_a_peer_is_lost_is_not_named_missing(tmp_p
 
 def test_a_survivors_listener_takes_rank_0s_word_and_nothing_else():
     told = threading.Event()
-    listener = lost_contact.Listener("127.0.0.1", told.set)
+    listener = lost_contact.Listener("127.0.0.1", told.set, secret="run-secret")
     try:
         with socket.create_connection(listener.address) as stranger:  # a port scanner, say
             stranger.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        lost_contact.tell([listener.address], "a-guess")  # anyone on the network who knows the protocol
+        with socket.create_connection(listener.address) as stranger:
+            stranger.sendall(b"hpcbench: lost contact \n")
         assert not told.wait(0.5)
-        lost_contact.tell([listener.address, ("127.0.0.1", free_port())])  # a lost rank's port refuses
+        lost_contact.tell([listener.address, ("127.0.0.1", free_port())], "run-secret")  # a lost rank's port refuses
         assert told.wait(10)
     finally:
         listener.close()

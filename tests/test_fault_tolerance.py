@@ -316,6 +316,24 @@ def test_a_collective_timeout_is_named_by_its_cause_not_by_the_frames_torch_appe
     assert is_lost_peer(error)
 
 
+def test_a_ranks_own_error_is_its_own_whatever_its_words():
+    import torch.distributed as dist
+
+    from hpcbench.mpi.failures import is_lost_peer
+    from hpcbench.mpi.process_group import PeerLost
+
+    assert is_lost_peer(RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error "
+                                     "[10.0.0.2]:41234: Connection reset by peer"))
+    assert is_lost_peer(RuntimeError("NCCL communicator was aborted on rank 1."))
+    assert is_lost_peer(dist.DistNetworkError("failed to recv, got 0 bytes"))
+    assert is_lost_peer(PeerLost("rank(s) 1 went away before building the data (connection refused)"))
+    # The rank's own: a hung file system, a failing disk, its DataLoader.
+    assert not is_lost_peer(TimeoutError(110, "Connection timed out"))
+    assert not is_lost_peer(OSError(5, "Input/output error: read error on /scratch/shard-000001.tar"))
+    assert not is_lost_peer(RuntimeError("DataLoader timed out after 30 seconds"))
+    assert not is_lost_peer(RuntimeError("read error in /work/main/hpcbench/mpi/process_group.py(140)"))
+
+
 def test_an_error_from_a_dataloader_worker_is_named_once():
     from hpcbench.mpi.failures import one_line
 

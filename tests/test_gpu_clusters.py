@@ -122,9 +122,11 @@ def test_an_nccl_group_is_bound_to_the_ranks_gpu():
     assert group_device("gloo", torch.device("cpu")) is None and group_device("nccl", None) is None
 
 
-def test_the_hardware_profile_chooses_nccls_network_for_every_rank():
-    run = compose_run(["hardware=param_utkarsh", "+hardware.nccl_socket_ifname=ib0", "+hardware.nccl_ib_hca=mlx5_0"])
-    assert run.hardware.network_variables() == {"NCCL_SOCKET_IFNAME": "ib0", "NCCL_IB_HCA": "mlx5_0"}
+def test_the_hardware_profile_chooses_the_ranks_network_for_every_rank():
+    run = compose_run(["hardware=param_utkarsh", "hardware.nccl_socket_ifname=ib0", "hardware.nccl_ib_hca=mlx5_0",
+                       "hardware.gloo_socket_ifname=ib0"])
+    assert run.hardware.network_variables() == {"NCCL_SOCKET_IFNAME": "ib0", "NCCL_IB_HCA": "mlx5_0",
+                                                "GLOO_SOCKET_IFNAME": "ib0"}
 
 
 # -- MPI start ----------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ from hpcbench.failure_records import RankFailure, first_failure, record_path, wa
 from hpcbench.mpi import lost_contact
 from hpcbench.mpi.topology import Topology
 
-# Words of the errors a rank sees when another rank (or the link to it) is gone.
+# Words of the errors a communication backend raises when another rank (or the link to it) is gone.
 _LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out", "timeout",
               "socket closed", "nccl communicator was aborted", "remote process exited", "connection refused",
               "ncclremoteerror", "failed to recv", "failed to send", "read error", "write error")
+_BACKENDS = ("gloo", "nccl")  # their errors name them (gloo's source path, NCCL's own words)
 
 
 def one_line(error: BaseException) -> str:
@@ -29,10 +30,18 @@ def one_line(error: BaseException) -> str:
 
 
 def is_lost_peer(error: BaseException) -> bool:
+    """A communication error of the collectives, the store or MPI: a consequence of another rank's
+    loss. Only the backends' own errors: a rank's own failure whose words match (a hung file
+    system's `TimeoutError`, an `OSError` "read error", a DataLoader's "timed out") is its own."""
     import torch.distributed as dist
 
-    text = f"{type(error).__name__} {error}".lower()
-    return isinstance(error, (dist.DistNetworkError, dist.DistStoreError)) or any(w in text for w in _LOST_PEER)
+    from hpcbench.mpi.process_group import PeerLost
+
+    if isinstance(error, (PeerLost, dist.DistNetworkError, dist.DistStoreError, dist.DistBackendError)):
+        return True
+    text = f"{error}".lower()
+    from_backend = type(error).__module__.startswith("mpi4py") or any(name in text for name in _BACKENDS)
+    return isinstance(error, RuntimeError) and from_backend and any(word in text for word in _LOST_PEER)
 
 
 def record_failure(run_dir: Path, rank: int, host: str, error: BaseException) -> RankFailure:

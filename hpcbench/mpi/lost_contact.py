@@ -7,7 +7,9 @@ rank 0, waiting for the records of the failed ranks (failures.failure_line), wou
 missing. Rank 0 cannot close its connections to make it fail: gloo closes them only when the last
 reference to the group goes, and the error's traceback holds one. So every other rank listens on
 a TCP port of its own, in a thread; rank 0 connects to each and says so, and each records itself
-as a survivor. Plain sockets, not a second torch.distributed store: a thread inside the store's
+as a survivor. The word carries a secret of the run (rank 0 draws it, MPI hands it to the others):
+on a multi-node run the ports listen on a routable address, and nobody else on the cluster's
+network may make a healthy rank write a failure record. Plain sockets, not a second torch.distributed store: a thread inside the store's
 C++ code when its server goes away prints a C++ stack, and when the interpreter exits meanwhile,
 aborts the process (a completed run then fails).
 
@@ -17,19 +19,21 @@ busy), a dead rank's refuses, a lost host's does not answer.
 """
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 import socket
 import threading
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from hpcbench.errors import ConfigError
-from hpcbench.mpi.topology import Topology, allgather, this_host_address
+from hpcbench.mpi.topology import Topology, allgather, bcast, this_host_address
 
 log = logging.getLogger("hpcbench")
 
 Address = Tuple[str, int]
 
-_MESSAGE = b"hpcbench: lost contact\n"
+_WORD = b"hpcbench: lost contact "
 CONNECT_TIMEOUT_S = 2.0  # per rank; a lost host does not answer at all
 JOIN_S = 5.0
 
@@ -37,10 +41,11 @@ JOIN_S = 5.0
 class Listener:
     """A rank other than 0: calls `then` once rank 0's message arrives, until closed."""
 
-    def __init__(self, host: str, then: Callable[[], None]):
+    def __init__(self, host: str, then: Callable[[], None], secret: str):
         self._socket = socket.create_server((host, 0))
         self.address: Address = (host, self._socket.getsockname()[1])
         self._then = then
+        self._message = _message(secret)
         self._thread = threading.Thread(target=self._listen, name="hpcbench-lost-contact", daemon=True)
         self._thread.start()
 
@@ -53,10 +58,10 @@ class Listener:
             with connection:
                 connection.settimeout(CONNECT_TIMEOUT_S)
                 try:
-                    told = connection.recv(len(_MESSAGE)) == _MESSAGE
+                    told = hmac.compare_digest(_receive(connection, len(self._message)), self._message)
                 except OSError:
                     told = False
-            if told:  # anything else (a port scanner) is ignored
+            if told:  # anything else (a port scanner, a guess) is ignored
                 self._then()
                 return
 
@@ -69,26 +74,44 @@ class Listener:
         self._thread.join(JOIN_S)
 
 
+def _message(secret: str) -> bytes:
+    return _WORD + secret.encode() + b"\n"
+
+
+def _receive(connection: socket.socket, size: int) -> bytes:
+    """Up to `size` bytes, however the sender's segments arrive (until it closes or times out)."""
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 _listener: Optional[Listener] = None  # ranks other than 0
 _others: Dict[int, Address] = {}  # rank 0: where each other rank listens
+_secret = ""  # rank 0: the run's secret, which its word carries
 
 
 def listen(topology: Topology, then: Callable[[], None]) -> None:
-    """Every rank, together (an MPI allgather): the others start listening, rank 0 learns where."""
-    global _listener, _others
+    """Every rank, together (two MPI collectives): rank 0 draws the run's secret and hands it to the
+    others, which start listening; rank 0 learns where."""
+    global _listener, _others, _secret
+    secret = bcast(secrets.token_hex(16) if topology.is_main else None)
     if not topology.is_main:
         try:
-            _listener = Listener(this_host_address(topology.nodes), then)
+            _listener = Listener(this_host_address(topology.nodes), then, secret)
         except (ConfigError, OSError) as error:  # the run goes on; only this rank's survivor record is lost
             log.warning("rank %d cannot listen for rank 0's word of a lost rank: %s", topology.rank, error)
     addresses = allgather(_listener.address if _listener else None)
     if topology.is_main:
-        _others = {rank: address for rank, address in enumerate(addresses) if address}
+        _others, _secret = {rank: address for rank, address in enumerate(addresses) if address}, secret
 
 
 def tell_the_others() -> None:
     """Rank 0: say it to every other rank (after listen)."""
-    tell(list(_others.values()))
+    tell(list(_others.values()), _secret)
 
 
 def unreachable(ranks: Iterable[int]) -> List[int]:
@@ -110,26 +133,26 @@ def unreachable(ranks: Iterable[int]) -> List[int]:
     return sorted(found)
 
 
-def tell(addresses: List[Address]) -> None:
+def tell(addresses: List[Address], secret: str) -> None:
     """Say it to every listener at once, waiting at most CONNECT_TIMEOUT_S (a lost rank's host
     does not answer; a lost rank's port refuses)."""
-    threads = [threading.Thread(target=_tell, args=(address,), daemon=True) for address in addresses]
+    threads = [threading.Thread(target=_tell, args=(address, _message(secret)), daemon=True) for address in addresses]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(CONNECT_TIMEOUT_S + 1)
 
 
-def _tell(address: Address) -> None:
+def _tell(address: Address, message: bytes) -> None:
     try:
         with socket.create_connection(address, timeout=CONNECT_TIMEOUT_S) as connection:
-            connection.sendall(_MESSAGE)
+            connection.sendall(message)
     except OSError:
         pass
 
 
 def stop_listening() -> None:
-    global _listener, _others
+    global _listener, _others, _secret
     if _listener is not None:
         _listener.close()
-    _listener, _others = None, {}
+    _listener, _others, _secret = None, {}, ""

@@ -42,19 +42,25 @@ def nccl_variables() -> Dict[str, str]:
     return {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}  # CleanUpOnly
 
 
+def set_defaults(variables: Dict[str, str]) -> None:
+    """Set each variable the environment lacks: what the user exported (a site's module, a job
+    script's `export NCCL_SOCKET_IFNAME=...`) stands over the profile's and hpcbench's choices."""
+    for name, value in variables.items():
+        os.environ.setdefault(name, value)
+
+
 def init_process_group(topology: Topology, backend: str, timeout_s: int, device: Optional[torch.device] = None,
                        variables: Optional[Dict[str, str]] = None) -> str:
     """Start torch.distributed on the MPI world; returns the store's address (host:port).
     Collectives time out after `timeout_s`, so a dead rank ends the job instead of hanging it
-    until the scheduler's time limit. `variables` (the hardware profile's NCCL network choice) are
-    set before the backend reads them. Under NCCL the group is bound to this rank's GPU
+    until the scheduler's time limit. `variables` (the hardware profile's network choice) are
+    set before the backend reads them, where the user has not exported them (set_defaults). Under NCCL the group is bound to this rank's GPU
     (`device_id`): its first collective then cannot guess a device from the rank number, which
     picks another rank's GPU under per-task GPU binding or cyclic task placement."""
     global _store
-    os.environ.update(variables or {})
+    set_defaults(variables or {})
     if backend == "nccl":
-        for name, value in nccl_variables().items():
-            os.environ.setdefault(name, value)
+        set_defaults(nccl_variables())
     timeout = datetime.timedelta(seconds=timeout_s)
     store: Optional[dist.TCPStore] = None
     if topology.is_main:
