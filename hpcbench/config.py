@@ -31,6 +31,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 MPI_LAUNCHERS = ("mpiexec", "mpirun", "srun")
+MPI_IMPLEMENTATIONS = ("mpich", "openmpi", "intel")  # intel: Intel MPI (MPICH's ABI, its own launcher)
 KEEP_CHECKPOINTS = ("best", "resumable", "all")
 TRACKERS = ("none", "mlflow")
 
@@ -79,8 +80,10 @@ class HardwareConfig:
     cpu_partition: str = "local"  # partition used by mode=cpu
     gpu_partition: str = "local"  # partition used by mode=gpu and mode=ddp on cuda
     setup: List[str] = field(default_factory=list)  # shell lines run before the job (module load, ...)
+    # The site's MPI: the launcher's arguments, srun's plugin and the library the ranks load follow from it
+    mpi: str = one_of("mpich", MPI_IMPLEMENTATIONS)
     mpi_launcher: str = one_of("mpiexec", MPI_LAUNCHERS)  # how `mode=ddp` starts its ranks
-    srun_mpi: str = "pmi2"  # srun --mpi plugin: pmi2 for MPICH, pmix for Open MPI
+    srun_mpi: Optional[str] = None  # srun's --mpi plugin; None: pmi2 for mpich and intel, pmix for openmpi
     # The compute nodes' interpreter (where `setup` activates another environment than the login
     # node's); None: the one that submits. The launcher checks its torch build against the GPUs.
     python: Optional[str] = None
@@ -94,6 +97,9 @@ class HardwareConfig:
     constraint: Optional[str] = None
     time_limit_min: int = positive(60)  # time requested per job
     memory_gb_per_task: Optional[int] = positive(None)  # memory requested per task; None: derived from the node
+
+    def srun_mpi_plugin(self) -> str:
+        return self.srun_mpi or ("pmix" if self.mpi == "openmpi" else "pmi2")
 
     def network_variables(self) -> Dict[str, str]:
         """The environment variables the profile sets for every rank."""

@@ -13,6 +13,7 @@ import torch
 import torchvision
 
 import hpcbench
+from hpcbench.mpi.topology import library_name
 
 PROJECT_ROOT = Path(hpcbench.__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def mpi_library() -> Optional[str]:
     """The MPI library of an MPI run; None for runs that never started MPI (importing mpi4py
     would initialise MPI in a serial run just to report it)."""
     mpi = sys.modules.get("mpi4py.MPI")
-    return " ".join(mpi.Get_library_version().split()[:3]).replace("Version: ", "") if mpi else None
+    return library_name(mpi.Get_library_version()) if mpi else None
 
 
 # The variables that choose how ranks and GPUs talk (NCCL's interfaces and error handling, MPI's

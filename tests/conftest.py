@@ -63,6 +63,21 @@ def slurm_cluster():
         pytest.skip("no Slurm cluster here; start one with: tests/cluster/cluster.sh start --hosts 2")
 
 
+OPEN_MPI_MPIRUN = "/usr/bin/mpirun.openmpi"  # Debian's openmpi-bin (the alternatives link mpirun to it)
+
+
+@pytest.fixture(scope="session")
+def open_mpi() -> dict:
+    """The environment of an Open MPI run here (Debian's openmpi-bin, which .ci/run installs);
+    a skip without it, a failure under CI. Open MPI refuses to start as root unless told, and CI
+    runs as root; on a cluster users are not root."""
+    if not Path(OPEN_MPI_MPIRUN).is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{OPEN_MPI_MPIRUN} is missing: .ci/run installs Debian's openmpi-bin")
+        pytest.skip("Open MPI is not installed (apt-get install openmpi-bin)")
+    return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"} if os.geteuid() == 0 else {}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def warm_interpreter():
     """The fork server that helpers.run_cli's commands start from, started before any test can

@@ -205,3 +205,30 @@ def mixed_size_folder(root: Path) -> Path:
     Path(root / "train" / "class1" / "00001.jpg").unlink()
     write_image_folder(root, {"train": [(images["train"][1][0], 1)]}, suffix=".png")
     return root
+
+
+def worker_pids(run_dir_fragment: str) -> dict[int, int]:
+    """MPI rank -> pid of the live worker processes of a run (MPICH's or Open MPI's ranks)."""
+    pids = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().split()[2]
+            environ = dict(item.split("=", 1) for item in (proc / "environ").read_bytes().decode().split("\0") if "=" in item)
+        except (OSError, ValueError):
+            continue
+        if cmdline.startswith(f"{sys.executable} -m hpcbench.worker") and run_dir_fragment in cmdline and state != "Z":
+            pids[int(environ.get("PMI_RANK", environ.get("OMPI_COMM_WORLD_RANK", -1)))] = int(proc.name)
+    return pids
+
+
+def start_and_wait_for_an_epoch(tmp_path: Path, args: list[str], env: dict | None = None) -> tuple[warm_cli.Started, dict[int, int]]:
+    """A 2-rank run started in the background, once both ranks live and an epoch has ended."""
+    job = start_cli(args, tmp_path, env=env)
+    deadline = time.monotonic() + 120
+    while len(pids := worker_pids(str(tmp_path))) < 2 or not list((tmp_path / "outputs").rglob("metrics.jsonl")):
+        assert time.monotonic() < deadline and job.poll() is None, "the ranks never started training"
+        time.sleep(0.5)
+    return job, pids

@@ -12,9 +12,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MPIEXEC, TINY, free_port, read_json, read_metrics, run_cli, run_dirs, start_cli
+from helpers import (
+    MPIEXEC,
+    TINY,
+    free_port,
+    read_json,
+    read_metrics,
+    run_cli,
+    run_dirs,
+    start_and_wait_for_an_epoch,
+    start_cli,
+    worker_pids,
+)
 from PIL import Image
-from warm_cli import Started
 
 from hpcbench.data.pipeline import build_pipeline
 from hpcbench.data.sampling import train_shard_sampler
@@ -137,34 +147,8 @@ def test_two_ddp_runs_started_together_both_succeed(tmp_path):
     assert all(read_json(d / "summary.json")["status"] == "completed" for d in dirs)
 
 
-def _worker_pids(run_dir_fragment: str) -> dict[int, int]:
-    """MPI rank -> pid of the live worker processes of a run."""
-    pids = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (proc / "stat").read_text().split()[2]
-            environ = dict(item.split("=", 1) for item in (proc / "environ").read_bytes().decode().split("\0") if "=" in item)
-        except (OSError, ValueError):
-            continue
-        if cmdline.startswith(f"{sys.executable} -m hpcbench.worker") and run_dir_fragment in cmdline and state != "Z":
-            pids[int(environ.get("PMI_RANK", -1))] = int(proc.name)
-    return pids
-
-
-def _start_and_wait_for_an_epoch(tmp_path: Path, args: list[str]) -> tuple[Started, dict[int, int]]:
-    job = start_cli(args, tmp_path)
-    deadline = time.monotonic() + 120
-    while len(pids := _worker_pids(str(tmp_path))) < 2 or not list((tmp_path / "outputs").rglob("metrics.jsonl")):
-        assert time.monotonic() < deadline and job.poll() is None, "the ranks never started training"
-        time.sleep(0.5)
-    return job, pids
-
-
 def test_killing_one_rank_ends_the_job_with_an_error_within_a_minute(tmp_path):
-    job, pids = _start_and_wait_for_an_epoch(tmp_path, [*DDP, "train.epochs=200"])
+    job, pids = start_and_wait_for_an_epoch(tmp_path, [*DDP, "train.epochs=200"])
     killed_at = time.monotonic()
     os.kill(pids[1], signal.SIGKILL)
     _, stderr = job.communicate(timeout=90)
@@ -186,7 +170,7 @@ def test_a_rank_killed_while_building_its_data_is_named_within_seconds(tmp_path)
     job = start_cli([*DDP, "mode.collective_timeout_s=4", "data._target_=slow_data.build", "data.name=slow_data",
                      "+data.args.delay_s=600"], tmp_path, env={"PYTHONPATH": user_models})  # rank 1: 10 minutes
     deadline = time.monotonic() + 120
-    while len(pids := _worker_pids(str(tmp_path))) < 2 or not list((tmp_path / "outputs").rglob("summary.json")):
+    while len(pids := worker_pids(str(tmp_path))) < 2 or not list((tmp_path / "outputs").rglob("summary.json")):
         assert time.monotonic() < deadline and job.poll() is None, "the ranks never started building their data"
         time.sleep(0.5)
     killed_at = time.monotonic()
@@ -224,7 +208,7 @@ def test_a_survivors_listener_takes_rank_0s_word_and_nothing_else():
 
 
 def test_a_stop_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
-    job, pids = _start_and_wait_for_an_epoch(tmp_path, [*DDP, "train.epochs=200"])
+    job, pids = start_and_wait_for_an_epoch(tmp_path, [*DDP, "train.epochs=200"])
     signalled_at = time.monotonic()
     os.kill(pids[1], signal.SIGTERM)  # rank 1 only, as a user or a node agent might
     _, stderr = job.communicate(timeout=90)

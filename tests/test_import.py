@@ -58,7 +58,7 @@ def test_the_original_studys_logs_become_runs_the_report_reads(tmp_path):
     assert rows["MPI + DDP (2 GPUs, 1 node)"][6] == "0.9558 (n=1) (rank 0 shard)"
     assert "rank 0's shard of the test set only (an imported MPI log): not a global accuracy" in report
     assert "No configuration could be compared with a baseline." in report  # no counts, no shard: nothing tested
-    samples = {row[2]: row[5] for row in table_rows(report, "### S1 on cuda")}
+    samples = {row[1]: row[3] for row in table_rows(report, "### S1 on cuda")}  # Mode, Samples/s
     assert samples == {"Single GPU": "n/a (n=1)", "MPI + DDP (2 GPUs, 1 node)": "n/a (n=1)"}
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import OPEN_MPI_MPIRUN
 from helpers import (
     FAST_POLL,
     MPIEXEC,
@@ -107,19 +108,37 @@ def test_mpi_starts_on_a_netmod_whose_address_slurms_pmi2_plugin_reads_whole(tmp
 def test_inside_an_allocation_the_ranks_are_started_with_srun(tmp_path):
     """The plain command in a user's own batch script (the original study's way; under salloc the
     same code path sees the same allocation)."""
+    output = _run_batch_script(tmp_path, f"exec {sys.executable} -m hpcbench.train {' '.join(DDP_4_ON_2)} "
+                                         f"hydra.run.dir={tmp_path / 'batch'}")
+    assert "srun --mpi=pmi2 --wait=150 --ntasks 4 --nodes 2 --ntasks-per-node 2" in output, output
+    _check_two_node_run(tmp_path / "batch")
+
+
+def _run_batch_script(tmp_path: Path, body: str, env: dict | None = None) -> str:
+    """sbatch a script of 2 nodes x 2 tasks; its output once it has COMPLETED."""
     script = tmp_path / "job.sh"
-    script.write_text(f"#!/bin/sh\n#SBATCH -N 2\n#SBATCH -n 4\n#SBATCH --ntasks-per-node=2\n"
-                      f"exec {sys.executable} -m hpcbench.train {' '.join(DDP_4_ON_2)} hydra.run.dir={tmp_path / 'batch'}\n")
+    script.write_text(f"#!/bin/sh\n#SBATCH -N 2\n#SBATCH -n 4\n#SBATCH --ntasks-per-node=2\n{body}\n")
     job_id = subprocess.run(["sbatch", "--parsable", "-o", str(tmp_path / "job.out"), str(script)], cwd=tmp_path,
-                            env=cli_env(tmp_path), capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+                            env=cli_env(tmp_path, env), capture_output=True, text=True, timeout=60,
+                            check=True).stdout.strip()
     deadline = time.monotonic() + 300
     while sacct(job_id, "State") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
         assert time.monotonic() < deadline, f"batch job {job_id} did not end"
         time.sleep(0.25)
     output = (tmp_path / "job.out").read_text()
     assert sacct(job_id, "State") == "COMPLETED", output
-    assert "srun --mpi=pmi2 --wait=150 --ntasks 4 --nodes 2 --ntasks-per-node 2" in output, output
+    return output
+
+
+def test_the_original_studys_batch_script_with_open_mpis_mpirun(tmp_path, open_mpi):
+    """Its own line (Open MPI 4.1, `mpirun --mca pml ob1 --mca btl tcp,self -np N python ...` in an
+    sbatch allocation): mpirun starts its daemons on both hosts through Slurm, every rank is an
+    hpcbench-train, and they load Open MPI's library from the same venv as MPICH's ranks."""
+    _run_batch_script(tmp_path, f"exec {OPEN_MPI_MPIRUN} --mca pml ob1 --mca btl tcp,self -np 4 {sys.executable} "
+                                f"-m hpcbench.train {' '.join(DDP_4_ON_2)} hardware.mpi=openmpi "
+                                f"hydra.run.dir={tmp_path / 'batch'}", open_mpi)
     _check_two_node_run(tmp_path / "batch")
+    assert read_json(tmp_path / "batch" / "env.json")["mpi"].startswith("Open MPI v4.")
 
 
 def test_mpiexec_across_the_hosts_without_slurm(tmp_path):

@@ -20,6 +20,7 @@ from typing import List, Optional
 from hpcbench.config import RunConfig
 from hpcbench.errors import ConfigError, HpcbenchError
 from hpcbench.failure_records import RANKS_DIR, failed_run_cause, read_failures
+from hpcbench.mpi.topology import IMPLEMENTATION_NAMES
 from hpcbench.rundir import RunDirectory, read_summary
 from hpcbench.slurm.resources import derive_request, srun_rank_args
 
@@ -34,18 +35,26 @@ class RanksStopped(HpcbenchError):
     """The ranks stopped together (a stop signal, a diverged loss): the summary says why."""
 
 
-def find_launcher(name: str) -> str:
-    """The launcher next to this Python first (the venv's MPICH wheel), then PATH."""
-    beside_python = Path(sys.executable).parent / name
-    if beside_python.is_file():
-        return str(beside_python)
-    found = shutil.which(name)
-    if found is None:
-        raise ConfigError(
-            f"hardware.mpi_launcher={name} is not installed here; pip install 'hpcbench[mpich]' "
-            f"or load your cluster's MPI module"
-        )
-    return found
+# What to do where the profile's MPI launcher is missing.
+INSTALL_ADVICE = {"mpich": "pip install 'hpcbench[mpich]' or load your cluster's MPICH module",
+                  "openmpi": "load your cluster's Open MPI module (module load openmpi), or apt-get install openmpi-bin",
+                  "intel": "load your cluster's Intel MPI module, or pip install impi-rt"}
+
+
+def find_launcher(name: str, implementation: str) -> str:
+    """The `name` launcher of the profile's MPI: the one next to this Python (the venv's MPICH
+    wheel), else PATH's. A venv with the mpich extra has an `mpirun` of MPICH's too: the launcher
+    is asked what it is (--version) and the other implementation's is passed over."""
+    candidates = dict.fromkeys(str(path) for path in (Path(sys.executable).parent / name, shutil.which(name) or "")
+                               if str(path) and Path(path).is_file())
+    found = {candidate: launcher_implementation(candidate) for candidate in candidates}
+    for candidate, what in found.items():
+        if what == implementation:
+            return candidate
+    others = "; found " + ", ".join(f"{IMPLEMENTATION_NAMES.get(what, 'an unknown MPI')}'s at {path}"
+                                    for path, what in found.items()) if found else ""
+    raise ConfigError(f"hardware.mpi={implementation}: no {IMPLEMENTATION_NAMES[implementation]} {name} here{others}; "
+                      f"{INSTALL_ADVICE[implementation]}, or set hardware.mpi to the MPI you have")
 
 
 def inside_allocation() -> bool:
@@ -81,8 +90,9 @@ def mpi_command(run: RunConfig, program: List[str]) -> List[str]:
         return ["srun", *srun_rank_args(run), "--ntasks", ranks, "--nodes", nodes,
                 "--ntasks-per-node", str(run.mode.ranks // run.mode.nodes),
                 *([f"--cpus-per-task={cpus}"] if cpus else []), *program]
-    launcher = find_launcher(hardware.mpi_launcher)
-    if not _is_mpich(launcher):
+    launcher = find_launcher(hardware.mpi_launcher, hardware.mpi)
+    if hardware.mpi != "mpich":
+        # Open MPI's mpirun lets the survivors of a killed rank record their loss before it ends them.
         return [launcher, "-n", ranks, *program]
     # MPICH kills every rank the moment one dies; left alone, the survivors see the loss in their
     # next collective and say which rank went missing (their collective timeout bounds the wait).
@@ -93,13 +103,18 @@ def mpi_command(run: RunConfig, program: List[str]) -> List[str]:
     return [launcher, "-disable-auto-cleanup", "-n", ranks, "sh", "-c", 'trap "" USR1; "$0" "$@"; exit $?', *program]
 
 
-def _is_mpich(launcher: str) -> bool:
-    """MPICH's Hydra mpiexec (the mpich wheel's, or a system MPICH), not Open MPI's mpirun."""
+def launcher_implementation(launcher: str) -> Optional[str]:
+    """mpich | openmpi | intel, from what the launcher says of itself (None: it would not say)."""
     try:
         result = subprocess.run([launcher, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return "HYDRA" in result.stdout.upper()
+        return None
+    said = result.stdout + result.stderr
+    if "Intel(R) MPI" in said:
+        return "intel"
+    if "HYDRA" in said.upper():
+        return "mpich"
+    return "openmpi" if "Open MPI" in said or "OpenRTE" in said else None
 
 
 def worker_command(run_dir: Path) -> List[str]:

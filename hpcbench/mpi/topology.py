@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -74,6 +75,51 @@ def this_host_address(nodes: int) -> str:
 # and 5 (its accelerator framework).
 MPI_GPU_SUPPORT_OFF = {"MPIR_CVAR_ENABLE_GPU": "0", "OMPI_MCA_opal_cuda_support": "0", "OMPI_MCA_accelerator": "null"}
 
+# mpi4py's wheel carries its extension for MPICH's ABI (libmpi.so.12: MPICH, Intel MPI, Cray MPICH)
+# and for Open MPI's (libmpi.so.40), and loads the first libmpi it finds: the venv's MPICH (the
+# mpich extra) before the system's. Open MPI's ranks must load Open MPI's.
+OPEN_MPI_LIBRARY = "libmpi.so.40"
+IMPLEMENTATION_NAMES = {"mpich": "MPICH", "openmpi": "Open MPI", "intel": "Intel MPI"}
+
+
+def started_by_open_mpi() -> bool:
+    """Open MPI's mpirun sets OMPI_COMM_WORLD_SIZE in every rank; srun starts Open MPI's ranks
+    with its PMIx plugin (MPICH's use PMI-2), and says so in SLURM_MPI_TYPE."""
+    return "OMPI_COMM_WORLD_SIZE" in os.environ or os.environ.get("SLURM_MPI_TYPE", "").startswith("pmix")
+
+
+def choose_mpi_library() -> None:
+    """Before mpi4py starts MPI: a rank Open MPI started loads Open MPI's library. The user's own
+    MPI4PY_LIBMPI or MPI4PY_MPIABI stands."""
+    if "MPI4PY_LIBMPI" not in os.environ and "MPI4PY_MPIABI" not in os.environ and started_by_open_mpi():
+        os.environ["MPI4PY_LIBMPI"] = OPEN_MPI_LIBRARY
+
+
+def library_name(version: str) -> str:
+    """"MPICH 5.0.2", "Open MPI v4.1.4", "Intel(R) MPI Library 2021.10": MPI_Get_library_version's
+    text up to the version number."""
+    first = " ".join(version.replace("Version:", "").strip().splitlines()[0].split()) if version.strip() else "an unknown MPI"
+    found = re.match(r".*?\d+(\.\d+)+", first)
+    return found.group(0) if found else first[:40]
+
+
+def library_implementation(version: str) -> str:
+    """mpich | openmpi | intel, from MPI_Get_library_version's text."""
+    if "Open MPI" in version:
+        return "openmpi"
+    return "intel" if "Intel" in version else "mpich"
+
+
+def check_implementation(expected: str) -> None:
+    """The ranks run the MPI the hardware profile names (the launcher's arguments and srun's
+    plugin were chosen by it)."""
+    version = init_mpi().Get_library_version()
+    found = library_implementation(version)
+    if found != expected:
+        raise ConfigError(f"hardware.mpi={expected}, but the ranks run {library_name(version)}: "
+                          f"set hardware.mpi={found}, or start the ranks with {IMPLEMENTATION_NAMES[expected]}'s launcher")
+
+
 # How long MPI may take to start before the process gives up with one line naming its host (a rank
 # that hangs in MPI_Init is otherwise bounded only by the job's time limit). MPI starts before the
 # config is read, so the bound is an environment variable.
@@ -92,6 +138,7 @@ def init_mpi():
     cluster). OFI's TCP address is 16 bytes. Other MPI libraries ignore the variables."""
     if "mpi4py.MPI" in sys.modules:
         return sys.modules["mpi4py.MPI"]
+    choose_mpi_library()
     os.environ.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
     for name, value in MPI_GPU_SUPPORT_OFF.items():
         os.environ.setdefault(name, value)

@@ -138,7 +138,7 @@ def srun_rank_args(run: RunConfig) -> Tuple[str, ...]:
     leaves the others waiting there until the job's time limit (seen with Slurm's pmi2 plugin,
     which takes each PMI-1 command from a single read(), so a command that arrives in two pieces
     is garbage to it)."""
-    return f"--mpi={run.hardware.srun_mpi}", f"--wait={collective_timeout(run) + RANK_EXIT_GRACE_S}"
+    return f"--mpi={run.hardware.srun_mpi_plugin()}", f"--wait={collective_timeout(run) + RANK_EXIT_GRACE_S}"
 
 
 def check_capacity(run: RunConfig, request: SlurmRequest, partition: PartitionConfig) -> None:

@@ -15,7 +15,7 @@ from hpcbench.failure_records import clear_failures
 from hpcbench.mpi.failures import one_line, record_failure, record_on_lost_contact
 from hpcbench.mpi.lost_contact import stop_listening
 from hpcbench.mpi.process_group import init_process_group, resolve_backend, shutdown
-from hpcbench.mpi.topology import Topology, allgather, exit_without_mpi_finalize, mpi_topology
+from hpcbench.mpi.topology import Topology, allgather, check_implementation, exit_without_mpi_finalize, mpi_topology
 from hpcbench.rundir import RunSummary, read_summary
 from hpcbench.training.device import select_device
 from hpcbench.training.signals import Interrupted
@@ -39,8 +39,9 @@ def train_rank(cfg: RunConfig, out_dir: Path,
     if configure_logging is not None:
         configure_logging(topology.is_main)
     try:
+        check_implementation(cfg.hardware.mpi)  # every rank alike
         device = agreed_device(cfg, topology)  # NCCL wants the GPU chosen before the group starts
-    except DeviceError as error:
+    except (ConfigError, DeviceError) as error:
         record_failure(out_dir, topology.rank, topology.host, error)
         raise RankFailed(str(error), quiet=not topology.is_main, exit_code=error.exit_code) from error
     store = init_process_group(topology, resolve_backend(cfg.mode.backend, cfg.mode.device),
