@@ -10,16 +10,7 @@ from typing import List, Optional
 
 from hpcbench.cli import fail
 from hpcbench.errors import HpcbenchError
-from hpcbench.files import atomic_write_text
-from hpcbench.report import plots
-from hpcbench.report.collect import collect
-from hpcbench.report.format import study_names
-from hpcbench.report.limits import network_limits
-from hpcbench.report.markdown import render, studies_json
-from hpcbench.report.scaling import PER_RUN, add_scaling_columns, configurations, fit_scaling_laws
-from hpcbench.report.verdicts import add_intervals, add_parity, add_time_to_accuracy
-
-CSV_FLOAT = "%.6f"
+from hpcbench.report.collect import start_collecting
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,46 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_labels(collection) -> dict:
-    """run -> (its name, its configuration) for the curves' legend."""
-    return {r.run_dir: (Path(r.run_dir).name, f"{r.mode} {r.device} x{r.world_size} b{r.batch_per_device} ({r.scaling})")
-            for r in collection.runs.itertuples()}
-
-
 def write_report(paths: List[Path], out: Path, baseline: str = "auto", tolerance: float = 0.01,
                  title: str = "hpcbench report", target: Optional[float] = None) -> Path:
-    collection = collect(paths)
-    table = configurations(collection.runs)
-    fits, limits = [], []
-    if not table.empty:
-        table = add_intervals(add_scaling_columns(table, baseline))
-        table = add_time_to_accuracy(add_parity(table, tolerance), collection.metrics, tolerance, target)
-        fits, limits = fit_scaling_laws(table), network_limits(table)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = {}
-    if not table.empty:
-        names = study_names(table)
-        labels = [f"{names[r.study]} {r.mode} x{r.devices} b{r.batch_per_device}" for r in table.itertuples()]
-        for suffix, rows in plots.by_study(table, names):  # one plot per study when there are many series
-            of = f": {suffix[1:]}" if suffix else ""
-            figures[f"Speedup vs devices{of}"] = plots.speedup_plot(rows, fits, limits, names, out / f"speedup{suffix}.png")
-            figures[f"Parallel efficiency vs devices{of}"] = plots.efficiency_plot(rows, names, out / f"efficiency{suffix}.png")
-        figures |= {
-            "Time per step by phase": plots.time_breakdown_plot(table, labels, out / "time_breakdown.png"),
-            "Test accuracy and loss per epoch": plots.curves_plot(collection.metrics, _run_labels(collection), out / "curves.png"),
-            "Throughput vs batch size": plots.throughput_plot(table, out / "throughput.png"),
-        }
-    inputs = [p.name for p in paths]
-    runs_csv = collection.runs.copy()
-    if not runs_csv.empty:
-        runs_csv["study"] = runs_csv["study"].map(study_names(table))
-        table_csv = table.assign(study=table["study"].map(study_names(table))).drop(columns=list(PER_RUN.values()))
-        atomic_write_text(out / "scaling.csv", table_csv.to_csv(index=False, float_format=CSV_FLOAT))
-    atomic_write_text(out / "runs.csv", runs_csv.to_csv(index=False, float_format=CSV_FLOAT))
-    atomic_write_text(out / "studies.json", studies_json(table))
-    atomic_write_text(out / "report.md", render(collection, table, fits, limits, figures, title, inputs, tolerance,
-                                                target))
-    return out / "report.md"
+    collecting = start_collecting(paths)  # a large study's readers start on the other cores now
+    # ... while this process imports the statistics and plotting libraries (scipy, statsmodels,
+    # matplotlib: 2-3 s here, as long as reading 1,000 runs): the report's fixed cost, overlapped.
+    from hpcbench.report.assemble import assemble
+
+    return assemble(collecting(), paths, out, baseline, tolerance, title, target)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -8,7 +8,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pandas as pd
 import yaml
@@ -114,27 +114,39 @@ def _display_name(run_dir: Path, root: Path) -> str:
     return str(Path(root.name) / relative) if str(relative) != "." else root.name
 
 
-def _read_runs(found: List[Tuple[Path, str]]) -> List[Any]:
-    """_read_run of each (run directory, name), on every core for a large study: parsing a run's
-    YAML config is most of the time, and it is pure Python (1,000 runs: 4 s of one core)."""
+def _start_reading(found: List[Tuple[Path, str]]) -> Callable[[], List[Any]]:
+    """Start _read_run of each (run directory, name); returns what waits for the results. A large
+    study is read by a process a core, from now on: parsing a run's YAML config is most of the time,
+    pure Python (1,000 runs: 2 s of one core), and the caller imports the report's libraries meanwhile."""
     workers = min(os.cpu_count() or 1, MAX_READERS)
     if len(found) < PARALLEL_FROM_RUNS or workers < 2:
-        return [_read_run(run_dir, name) for run_dir, name in found]
-    # fork: the workers start with this process's imports (a new interpreter would import pandas again)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        run_dirs, names = [run_dir for run_dir, _ in found], [name for _, name in found]
-        return list(pool.map(_read_run, run_dirs, names, chunksize=max(1, len(found) // (4 * workers))))
+        return lambda: [_read_run(run_dir, name) for run_dir, name in found]
+    # fork: the readers start with this process's imports (a new interpreter would import pandas again)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    results = pool.map(_read_run, [run_dir for run_dir, _ in found], [name for _, name in found],
+                       chunksize=max(1, len(found) // (4 * workers)))  # submitted now: the readers start
+
+    def wait() -> List[Any]:
+        with pool:
+            return list(results)
+    return wait
 
 
-def collect(paths: List[Path]) -> Collection:
-    """Read every run directory under `paths` (run or sweep directories)."""
-    rows, metrics, problems, environments = [], {}, [], {}
+def start_collecting(paths: List[Path]) -> Callable[[], Collection]:
+    """Start reading every run directory under `paths` (run or sweep directories); returns what
+    waits for the Collection."""
     found = []
     for root in (Path(p) for p in paths):
         if not root.exists():
             raise ReportError(f"{root} does not exist")
         found += [(run_dir, _display_name(run_dir, root)) for run_dir in find_run_dirs(root)]
-    for (_, name), result in zip(found, _read_runs(found), strict=True):
+    reading = _start_reading(found)
+    return lambda: _collection(found, reading(), paths)
+
+
+def _collection(found: List[Tuple[Path, str]], results: List[Any], paths: List[Path]) -> Collection:
+    rows, metrics, problems, environments = [], {}, [], {}
+    for (_, name), result in zip(found, results, strict=True):
         if isinstance(result, Problem):
             problems.append(result)
             continue
@@ -149,6 +161,11 @@ def collect(paths: List[Path]) -> Collection:
         numeric = [f"{phase}_step_s" for phase in PHASE_KEYS] + list(NUMERIC)
         runs[numeric] = runs[numeric].apply(pd.to_numeric, errors="coerce")  # None (not measured) -> NaN
     return Collection(runs, metrics, sorted(problems, key=lambda p: p.run_dir), environments)
+
+
+def collect(paths: List[Path]) -> Collection:
+    """Read every run directory under `paths` (run or sweep directories)."""
+    return start_collecting(paths)()
 
 
 def load_runs(*paths: str | Path) -> pd.DataFrame:
