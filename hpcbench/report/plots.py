@@ -92,21 +92,22 @@ def speedup_plot(table: pd.DataFrame, fits: List[ScalingFit], limits: List[Netwo
     for fit in (f for f in fits if (f.study, f.device, f.scaling) in colour):
         key = (fit.study, fit.device, fit.scaling)
         axis.plot(devices, fit.predict(devices), linestyle="--", linewidth=1, alpha=MODEL_ALPHA, color=colour[key],
-                  label=f"{_series_label(study_names, key)}: {fit.law} model, p={fit.parallel_fraction:.3f}")
+                  label=f"{_series_label(study_names, key)}: {fit.law}, p={fit.parallel_fraction:.3f}")
     for limit in (m for m in limits if (m.study, m.device, m.scaling) in colour):
         key = (limit.study, limit.device, limit.scaling)
         axis.fill_between(devices, limit.speedup(devices, False), limit.speedup(devices, True), color=colour[key],
-                          alpha=LIMIT_ALPHA, linewidth=0, label=f"{_series_label(study_names, key)}: network-bound "
-                                                                 f"limit ({limit.busbw_gbps:.2g} GB/s bus)")
+                          alpha=LIMIT_ALPHA, linewidth=0,
+                          label=f"{_series_label(study_names, key)}: network limit, {limit.busbw_gbps:.2g} GB/s")
     _device_axis(axis, top)
     axis.set_yscale("log")
     low, high = axis.get_ylim()
-    ticks = [2.0 ** k for k in range(math.floor(math.log2(low)), math.ceil(math.log2(high)) + 1)]
+    low = 2.0 ** math.floor(math.log2(low))  # a labelled tick below the lowest point (a slowdown: 0.5)
+    ticks = [2.0 ** k for k in range(round(math.log2(low)), math.ceil(math.log2(high)) + 1)]
     axis.set_yticks(ticks, [f"{t:g}" for t in ticks])
     axis.yaxis.set_minor_locator(NullLocator())
-    axis.set_ylim(low, high)
+    axis.set_ylim(low / 1.1, high)
     axis.set(xlabel="devices (GPUs or CPU ranks)", ylabel="speedup over 1 device of the same type",
-             title="Speedup (band: network-bound limit, from no to perfect overlap)")
+             title="Speedup (dashed: fitted law; band: network-bound limit, no to perfect overlap)")
     axis.grid(True, which="major", alpha=0.3)
     _legend_outside(figure)
     return _save(figure, path)
