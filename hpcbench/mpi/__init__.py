@@ -1,2 +1,3 @@
-"""MPI ranks: who is who (topology.py), the torch.distributed process group over them
-(process_group.py), starting them (launch.py), and what a failing rank leaves behind (failures.py)."""
+"""MPI ranks: who is who and which MPI (topology.py), the torch.distributed process group over them
+(process_group.py), starting them (launch.py), and what a failing rank says (failures.py; its
+records: hpcbench/failure_records.py)."""
