@@ -57,11 +57,12 @@ def _series_label(study_names: Dict[str, str], series: Series) -> str:
     return f"{study_names[study]} {device} ({scaling})"
 
 
-def _device_axis(axis, top: int) -> None:
-    """Devices on a log axis with plain ticks at the powers of two up to `top`."""
-    ticks = [2 ** k for k in range(int(math.log2(top)) + 1)]
+def _powers_of_two_axis(axis, top: int, bottom: int = 1) -> None:
+    """x on a log axis with plain ticks at the powers of two from `bottom` to `top` (devices, batch sizes)."""
+    low, high = math.floor(math.log2(bottom)), math.ceil(math.log2(top))  # 6 GPUs: ticks to 8
+    ticks = [2 ** k for k in range(low, high + 1)]
     axis.set_xscale("log")
-    axis.set_xlim(1 / 1.2, top * 1.2)
+    axis.set_xlim(2 ** low / 1.2, 2 ** high * 1.2)
     axis.set_xticks(ticks, [str(t) for t in ticks])
     axis.xaxis.set_minor_locator(NullLocator())
 
@@ -98,7 +99,7 @@ def speedup_plot(table: pd.DataFrame, fits: List[ScalingFit], limits: List[Netwo
         axis.fill_between(devices, limit.speedup(devices, False), limit.speedup(devices, True), color=colour[key],
                           alpha=LIMIT_ALPHA, linewidth=0,
                           label=f"{_series_label(study_names, key)}: network limit, {limit.busbw_gbps:.2g} GB/s")
-    _device_axis(axis, top)
+    _powers_of_two_axis(axis, top)
     axis.set_yscale("log")
     low, high = axis.get_ylim()
     low = 2.0 ** math.floor(math.log2(low))  # a labelled tick below the lowest point (a slowdown: 0.5)
@@ -119,7 +120,7 @@ def efficiency_plot(table: pd.DataFrame, study_names: Dict[str, str], path: Path
     for key, group in measured.groupby(["study", "device", "scaling"], sort=True):
         axis.plot(group["devices"], group["efficiency"], marker="o", linewidth=2, label=_series_label(study_names, key))
     axis.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="ideal")
-    _device_axis(axis, max(1, int(table["devices"].max())))
+    _powers_of_two_axis(axis, max(1, int(table["devices"].max())))
     top = max([1.1, *(measured["efficiency"] * 1.05)])  # a superlinear point stays in view
     axis.set(xlabel="devices", ylabel="parallel efficiency", title="Parallel efficiency", ylim=(0, top))
     axis.grid(True, alpha=0.3)
@@ -185,8 +186,9 @@ def throughput_plot(table: pd.DataFrame, path: Path) -> str:
     for (mode, device, devices), group in table.groupby(["mode", "device", "devices"], sort=True):
         group = group.sort_values("batch_per_device")
         axis.plot(group["batch_per_device"], group["samples_per_s"], marker="o", label=f"{mode} {device} x{devices}")
-    axis.set(xscale="log", xlabel="batch per device", ylabel="training images / s (all devices)",
-             title="Throughput vs batch size")
-    axis.grid(True, which="both", alpha=0.3)
+    batches = table["batch_per_device"]
+    _powers_of_two_axis(axis, max(1, int(batches.max())), max(1, int(batches.min())))
+    axis.set(xlabel="batch per device", ylabel="training images / s (all devices)", title="Throughput vs batch size")
+    axis.grid(True, alpha=0.3)
     _legend_outside(figure)
     return _save(figure, path)
