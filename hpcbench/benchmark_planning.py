@@ -56,7 +56,7 @@ def side_by_side(jobs: int, repeats: int, work: Path) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from hpcbench.config import register_schemas
+    from hpcbench.config_load import register_schemas
     from hpcbench.resolvers import register_resolvers
     from hpcbench.slurm.compose import SweepComposer
     from hpcbench.slurm.planning import SweepPlanner

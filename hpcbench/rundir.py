@@ -185,7 +185,7 @@ class RunDirectory:
 def read_resolved_config(run_dir: Path) -> RunConfig:
     from omegaconf import OmegaConf
 
-    from hpcbench.config import to_run_config
+    from hpcbench.config_load import to_run_config
 
     return to_run_config(OmegaConf.load(Path(run_dir) / RESOLVED_CONFIG))
 

@@ -19,7 +19,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hpcbench.cli import fail, one_line_errors, run_hydra_app
-from hpcbench.config import RunConfig, register_schemas, to_run_config
+from hpcbench.config import RunConfig
+from hpcbench.config_load import register_schemas, to_run_config
 from hpcbench.mpi.topology import launched_by_mpi, slurm_step_tasks
 from hpcbench.resolvers import RUN_STAMP_ENV, register_resolvers, run_stamp
 

@@ -17,7 +17,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from hpcbench.config import RunConfig, register_schemas, to_run_config
+from hpcbench.config import RunConfig
+from hpcbench.config_load import register_schemas, to_run_config
 from hpcbench.resolvers import register_resolvers
 from hpcbench.rundir import EpochMetrics, RunSummary
 from hpcbench.train import CONFIG_DIR

@@ -58,7 +58,7 @@ class SweepComposer:
 
     @property
     def compositions(self) -> int:
-        """How many defaults trees were composed (benchmarks and tests read it)."""
+        """How many defaults trees were composed (tests/test_sweep_planning reads it)."""
         return len(self._compositions)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:

@@ -21,7 +21,8 @@ from hydra.core.utils import filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from hpcbench.config import RunConfig, checked_run_config, merge_into_schema, to_run_config
+from hpcbench.config import RunConfig
+from hpcbench.config_load import checked_run_config, merge_into_schema, to_run_config
 from hpcbench.errors import ConfigError
 from hpcbench.slurm.compose import Composition, SweepComposer
 from hpcbench.slurm.resources import SlurmRequest, check_compute_environment, derive_request
