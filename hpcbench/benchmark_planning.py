@@ -38,7 +38,7 @@ def dry_run_seconds(jobs: int, work: Path) -> float:
     result = subprocess.run([sys.executable, "-m", "hpcbench.train", "-m", *grid(jobs, work / "sweep")], cwd=work,
                             capture_output=True, text=True)
     elapsed = time.perf_counter() - start
-    if result.returncode != 0 or f"Dry run: {jobs} job(s)" not in result.stdout:
+    if result.returncode != 0 or f"Dry run: {jobs} run(s)" not in result.stdout:
         raise SystemExit(f"the dry run of {jobs} jobs failed: {result.stderr.strip().splitlines()[-1:]}")
     return elapsed
 

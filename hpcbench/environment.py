@@ -6,6 +6,7 @@ import platform
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -14,6 +15,7 @@ import torchvision
 
 import hpcbench
 from hpcbench.mpi.topology import library_name
+from hpcbench.packed_share import packed_share
 
 PROJECT_ROOT = Path(hpcbench.__file__).resolve().parents[1]
 
@@ -78,5 +80,6 @@ def collect_environment() -> Dict[str, Any]:
         "git": git_state(),
         "command": sys.argv,
         "slurm": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SLURM_")},
+        "packed": asdict(share) if (share := packed_share()) else None,  # sharing a Slurm job with other runs
         "communication": {k: v for k, v in sorted(os.environ.items()) if k.startswith(COMMUNICATION_PREFIXES)},
     }

@@ -30,6 +30,10 @@ CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the pack
 register_resolvers()
 register_schemas()
 
+# What each run of a packed Slurm job imports, for its slot to import once before forking the runs
+# (slurm/slot.py): seconds a run. None of them starts a thread at import.
+PACKED_RUN_IMPORTS = ("torch", "hpcbench.training.trainer")
+
 
 def run_job(run: RunConfig, out_dir: Path) -> Optional[float]:
     """Run one job of a run or sweep in `out_dir`; returns its best test accuracy."""

@@ -102,7 +102,7 @@ def test_dry_run_prints_every_job_and_submits_nothing(tmp_path):
                      tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "Dry run: 3 job(s) in 3 array(s); nothing is submitted." in out
+    assert "Dry run: 3 run(s) in 3 Slurm job(s), 3 array(s); nothing is submitted." in out
     for mode, resources in [("cpu", "partition=debug nodes=1 tasks/node=1 cpus/task=1 mem=2GB"),
                             ("gpu", "partition=debug nodes=1 tasks/node=1 cpus/task=1, 1 GPU(s)/node"),
                             ("ddp", "partition=debug nodes=1 tasks/node=2 cpus/task=1, 2 GPU(s)/node")]:

@@ -102,6 +102,6 @@ def test_a_dry_run_prints_each_array_once_and_a_line_per_job(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.count("#!/bin/bash") == out.count("\nArray ") and out.count("\nArray ") >= 1
-    assert "60 job(s)" in out and out.count(" model=resnet18 train.seed=") == 30
+    assert "Dry run: 60 run(s) in 60 Slurm job(s)" in out and out.count(" model=resnet18 train.seed=") == 30
     assert f"#59 hardware=ci_cluster hardware.python={sys.executable} mode=cpu model=mobilenet_v2 train.seed=29  " \
            f"({tmp_path / 'sweep' / '59'})" in out

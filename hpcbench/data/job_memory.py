@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Mapping, Optional, Tuple
 
+from hpcbench.packed_share import packed_share
+
 MIB = 2**20
 UNLIMITED = 2**60  # cgroup v1 writes "no limit" as 9223372036854771712; anything this large is none
 
@@ -34,8 +36,13 @@ def physical_memory() -> MemoryLimit:
 
 
 def slurm_limits(environ: Mapping[str, str]) -> List[MemoryLimit]:
-    """What Slurm granted the job on this node; 0 means "all of the node's memory" to Slurm."""
+    """What Slurm granted the job on this node; 0 means "all of the node's memory" to Slurm. A run
+    packed with others into one allocation has its share of it (slurm/packing.py)."""
     limits = []
+    share = packed_share(environ)
+    if share is not None and share.memory_mb:
+        limits.append(MemoryLimit(share.memory_mb * MIB, f"this run's share of packed Slurm job {share.slurm_job} "
+                                                         f"({share.slots} runs side by side)"))
     per_node = _positive_int(environ.get("SLURM_MEM_PER_NODE"))
     if per_node:
         limits.append(MemoryLimit(per_node * MIB, f"Slurm's --mem, SLURM_MEM_PER_NODE={per_node} MB"))

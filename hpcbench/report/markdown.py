@@ -33,6 +33,7 @@ def _header(collection: Collection, title: str, inputs: List[str]) -> List[str]:
         "",
         f"- Inputs: {', '.join(inputs)}",
         f"- Runs: {len(runs)} completed, {len(collection.problems)} failed or incomplete",
+        *_packing(list(envs)),
         f"- Experiments: {distinct(runs.get('experiment', []))}",
         f"- When: {min(starts) if starts else 'n/a'} to {max(ends) if ends else 'n/a'}",
         f"- Hosts: {distinct(e.get('hostname') for e in envs)}",
@@ -44,6 +45,18 @@ def _header(collection: Collection, title: str, inputs: List[str]) -> List[str]:
         f"- Git commit: {distinct(commits)}",
         "",
     ]
+
+
+def _packing(envs: List[dict]) -> List[str]:
+    """Runs packed into one Slurm job with others (hydra.launcher.runs_per_allocation) time like
+    lone ones where each had its own cores; the report says which were packed, and how."""
+    packed = [e["packed"] for e in envs if e.get("packed")]
+    if not packed:
+        return []
+    bound = sum(1 for share in packed if share.get("cores"))
+    return [f"- Packed: {len(packed)} of these runs shared a Slurm job with other runs "
+            f"(hydra.launcher.runs_per_allocation), {bound} of them bound to cores of their own"
+            f"{'' if bound == len(packed) else ' (the others shared cores with their neighbours: their times may be slower)'}"]
 
 
 def _studies(table: pd.DataFrame, names: Dict[str, str]) -> List[str]:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
@@ -29,6 +29,8 @@ from hpcbench.slurm.job import HydraSlurmJob
 from hpcbench.slurm.manifest import Manifest, ManifestJob
 from hpcbench.slurm.monitor import category, stderr_tail, wait_for
 from hpcbench.slurm.nodes import check_nodes_available
+from hpcbench.slurm.packing import Allocation, plan_allocations
+from hpcbench.slurm.packing import describe as describe_packing
 from hpcbench.slurm.planning import PlannedJob, SweepPlanner
 from hpcbench.slurm.quota import check_submit_quota
 from hpcbench.slurm.resources import SlurmRequest
@@ -46,6 +48,7 @@ class LauncherOptions:
     signal_delay_s: int
     max_num_timeout: int
     array_parallelism: int
+    runs_per_allocation: int
     resources: Dict[str, Any]  # hydra.launcher's resource keys; None: not set
 
 
@@ -53,12 +56,25 @@ class SlurmSweepError(HpcbenchError):
     """One or more jobs of the sweep failed."""
 
 
-def group_by_request(jobs: List[PlannedJob]) -> Dict[SlurmRequest, List[PlannedJob]]:
-    """Jobs with identical requests go into one job array."""
-    groups: Dict[SlurmRequest, List[PlannedJob]] = {}
-    for job in jobs:
-        groups.setdefault(job.request, []).append(job)
+def group_by_request(allocations: List[Allocation]) -> Dict[SlurmRequest, List[Allocation]]:
+    """Allocations with identical requests go into one job array."""
+    groups: Dict[SlurmRequest, List[Allocation]] = {}
+    for allocation in allocations:
+        groups.setdefault(allocation.request, []).append(allocation)
     return groups
+
+
+@dataclass
+class Placed:
+    """A run of the sweep where it was submitted: its allocation's Slurm job, its slot there."""
+
+    job: PlannedJob
+    handle: Any  # submitit's Job of the allocation
+    slot: Optional[int]  # packed: the srun task that runs it; None: the allocation is the run's own
+
+    @property
+    def task(self) -> Any:
+        return self.handle if self.slot is None else self.handle.task(self.slot)
 
 
 def _job_return(job: PlannedJob, status: JobStatus, value: Any) -> JobReturn:
@@ -68,32 +84,44 @@ def _job_return(job: PlannedJob, status: JobStatus, value: Any) -> JobReturn:
     return result
 
 
-def why_failed(job: PlannedJob, handle: Any) -> str:
+def why_failed(placed: Placed, outcome_error: Optional[str] = None) -> str:
     """The run's own one-line error (for DDP: the rank that failed first) with where its log is;
-    the tail of the job's stderr when the run could not say (it never started, it was killed)."""
+    what its packed slot saw, or the tail of the job's stderr, when the run could not say (it
+    never started, it was killed)."""
+    job, task = placed.job, placed.task
     error = None
     if job.run_dir.is_dir():  # a DDP run's ranks may have stopped before rank 0 could write the summary
         error = read_summary(job.run_dir).get("error") or failed_run_cause(
             job.run_dir, job.request.nodes * job.request.tasks_per_node)
+    error = error or outcome_error
     if error:
-        return f"{error} (log: {handle.paths.stderr})"
-    return "stderr tail:\n" + stderr_tail(handle)
+        return f"{error} (log: {task.paths.stderr})"
+    return "stderr tail:\n" + stderr_tail(task)
 
 
-def print_dry_run(arrays: List[JobArray[PlannedJob]], folder: Path, options: LauncherOptions) -> None:
-    """Each array once (its request and sbatch script), then its jobs a line each: readable for a
-    sweep of one job and of a thousand."""
+def print_dry_run(arrays: List[JobArray[Allocation]], folder: Path, options: LauncherOptions) -> None:
+    """Each array once (its request and sbatch script), then its runs a line each: readable for a
+    sweep of one run and of a thousand."""
     out = sys.stdout
-    out.write(f"Dry run: {sum(len(a.jobs) for a in arrays)} job(s) in {len(arrays)} array(s); nothing is submitted.\n")
+    runs = sum(len(allocation.jobs) for array in arrays for allocation in array.jobs)
+    allocations = sum(len(array.jobs) for array in arrays)
+    out.write(f"Dry run: {runs} run(s) in {allocations} Slurm job(s), {len(arrays)} array(s); nothing is submitted.\n")
     for number, array in enumerate(arrays, 1):
-        request, jobs = array.request, array.jobs
-        script = sbatch_script(request, options.name, folder, len(jobs) if len(jobs) > 1 else None,
+        request, allocations_of = array.request, array.jobs
+        script = sbatch_script(request, options.name, folder, len(allocations_of) if len(allocations_of) > 1 else None,
                                options.signal_delay_s, parallelism=array.parallelism)
-        out.write(f"\nArray {number} of {len(arrays)}: {len(jobs)} job(s), at most {array.parallelism} at once\n"
+        out.write(f"\nArray {number} of {len(arrays)}: {len(allocations_of)} job(s), at most {array.parallelism} at once\n"
                   f"  resources: {request.describe()}\n  python:    {request.python or sys.executable}\n")
         if request.gpu_binding():
             out.write(f"  GPU binding: {request.gpu_binding()}\n")
-        out.write("  jobs (run directory):\n" + "".join(f"    {job.label}  ({job.run_dir})\n" for job in jobs))
+        for index, allocation in enumerate(allocations_of):
+            if allocation.packed:
+                out.write(f"  job {index}: {describe_packing(allocation)} (each: {allocation.jobs[0].request.describe()})\n")
+                out.write("".join(f"    slot {allocation.slot_of(i)}: {job.label}  ({job.run_dir})\n"
+                                  for i, job in enumerate(allocation.jobs)))
+            else:
+                job = allocation.jobs[0]
+                out.write(f"  job {index}: {job.label}  ({job.run_dir})\n")
         out.write("  sbatch script:\n" + "".join(f"    {line}\n" for line in script.splitlines()))
     out.flush()
 
@@ -115,35 +143,38 @@ class SlurmSweep:
         planner = SweepPlanner(self.composer, self.config, self.options.resources)
         planned = [planner.plan(initial_job_idx + i, overrides)  # every job checked before any is submitted
                    for i, overrides in enumerate(job_overrides)]
-        groups = group_by_request(planned)
+        allocations = plan_allocations(planned, self.options.runs_per_allocation)
+        groups = group_by_request(allocations)
         for request in groups:
             check_script_values(request, self.options.name, self.folder)
         arrays = plan_arrays(groups, self.options.array_parallelism)
         if self.options.dry_run:
             print_dry_run(arrays, self.folder, self.options)
             return [_job_return(job, JobStatus.COMPLETED, None) for job in planned]
-        for request, jobs in groups.items():  # nodes down or drained now: said before anything is submitted
-            check_nodes_available(f"job {jobs[0].label}", request.partition, request.nodes)
-        check_submit_quota(len(planned))  # and a sweep larger than the user's MaxSubmitJobs
+        for request, allocations_of in groups.items():  # nodes down or drained now: said before anything is submitted
+            check_nodes_available(f"job {allocations_of[0].jobs[0].label}", request.partition, request.nodes)
+        check_submit_quota(len(allocations))  # and a sweep larger than the user's MaxSubmitJobs
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        submitted = self._submit(arrays)
+        placed = self._submit(arrays)
         manifest = Manifest(str(self.sweep_dir), datetime.now().isoformat(timespec="seconds"),
-                            [ManifestJob(job.num, job.overrides, str(job.run_dir), handle.job_id, job.request.as_dict())
-                             for job, handle in submitted])
+                            [ManifestJob(p.job.num, p.job.overrides, str(p.job.run_dir), p.handle.job_id,
+                                         p.job.request.as_dict(), slot=p.slot) for p in placed])
         manifest.write()
         if not self.options.wait:
-            log.info("submitted %d job(s); follow them with: hpcbench-status %s", len(submitted), self.sweep_dir)
-            return [_job_return(job, JobStatus.COMPLETED, None) for job, _ in submitted]
-        states = wait_for([handle for _, handle in submitted], self.options.poll_interval_s)
-        return self._results(submitted, states, manifest)
+            log.info("submitted %d run(s) in %d Slurm job(s); follow them with: hpcbench-status %s", len(placed),
+                     len(allocations), self.sweep_dir)
+            return [_job_return(p.job, JobStatus.COMPLETED, None) for p in placed]
+        handles = list({p.handle.job_id: p.handle for p in placed}.values())
+        states = wait_for(handles, self.options.poll_interval_s)
+        return self._results(placed, states, manifest)
 
-    def _submit(self, arrays: List[JobArray[PlannedJob]]) -> List[tuple]:
+    def _submit(self, arrays: List[JobArray[Allocation]]) -> List[Placed]:
         import submitit  # lazy: Hydra imports launcher plugins at every start
 
         callable_job = HydraSlurmJob(self.job_context, self.task_function, self.config)
-        submitted = []
+        placed = []
         for array in arrays:
-            request, jobs = array.request, array.jobs
+            request, allocations = array.request, array.jobs
             executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=self.options.max_num_timeout,
                                               python=request.python)
             parameters = request.sbatch_parameters(self.options.name)
@@ -154,23 +185,31 @@ class SlurmSweep:
                                                        "no_requeue": True}
             executor.update_parameters(signal_delay_s=self.options.signal_delay_s,
                                        array_parallelism=array.parallelism, **parameters)
-            handles = executor.map_array(callable_job, [job.overrides for job in jobs], [job.num for job in jobs],
-                                         [Singleton.get_state()] * len(jobs))
-            for job, handle in zip(jobs, handles, strict=True):
-                log.info("%s -> Slurm job %s (%s)", job.label, handle.job_id, request.describe())
-                submitted.append((job, handle))
-        return submitted
+            handles = executor.map_array(
+                callable_job, [[(job.overrides, job.num, str(job.run_dir)) for job in a.jobs] for a in allocations],
+                [a.slots for a in allocations], [Singleton.get_state()] * len(allocations))
+            for allocation, handle in zip(allocations, handles, strict=True):
+                for index, job in enumerate(allocation.jobs):
+                    slot = allocation.slot_of(index)
+                    where = f" slot {slot}" if allocation.packed else ""
+                    log.info("%s -> Slurm job %s%s (%s)", job.label, handle.job_id, where, job.request.describe())
+                    placed.append(Placed(job, handle, slot))
+        return sorted(placed, key=lambda p: p.job.num)  # the sweep's order, as Hydra's returns
 
-    def _results(self, submitted: List[tuple], states: Dict[str, str], manifest: Manifest) -> List[JobReturn]:
+    def _results(self, placed: List[Placed], states: Dict[str, str], manifest: Manifest) -> List[JobReturn]:
         returns, failures = [], []
-        for (job, handle), entry in zip(submitted, manifest.jobs, strict=True):
-            entry.state = states[handle.job_id]
-            error = handle.exception() if category(entry.state) == "done" else None
-            if category(entry.state) == "done" and error is None:
-                returns.append(handle.results()[0])
+        for run, entry in zip(placed, manifest.jobs, strict=True):
+            job, handle = run.job, run.handle
+            allocation_state = states[handle.job_id]
+            result, error = self._outcome(run, allocation_state)
+            if error is None:
+                entry.state = "COMPLETED"
+                returns.append(result)
                 continue
-            entry.error = f"Slurm job {handle.job_id} {entry.state}"
-            failures.append(f"{job.label}: Slurm job {handle.job_id} ended {entry.state}: " + why_failed(job, handle))
+            entry.state = allocation_state if category(allocation_state) == "failed" else "FAILED"
+            where = f"Slurm job {handle.job_id}" + (f" slot {run.slot}" if run.slot is not None else "")
+            entry.error = f"{where} {entry.state}"
+            failures.append(f"{job.label}: {where} ended {entry.state}: " + why_failed(run, error or None))
             if job.run_dir.is_dir():
                 RunDirectory(job.run_dir).mark_failed_if_running(entry.error)
             returns.append(_job_return(job, JobStatus.FAILED, SlurmSweepError(
@@ -179,3 +218,16 @@ class SlurmSweep:
         for failure in failures:  # on stderr whatever Hydra's logging config says
             sys.stderr.write(f"FAILED {failure}\n")
         return returns
+
+    @staticmethod
+    def _outcome(run: Placed, allocation_state: str) -> Tuple[Any, Optional[str]]:
+        """(the run's JobReturn, None) or (None, why it has none: "" where only its logs say)."""
+        task = run.task
+        if run.slot is None:
+            if category(allocation_state) == "done" and task.exception() is None:
+                return task.results()[0], None
+            return None, ""
+        if task.exception() is not None:  # the slot itself failed: none of its runs told it anything
+            return None, ""
+        outcome = next(o for o in task.result() if o.num == run.job.num)
+        return (outcome.result, None) if outcome.error is None else (None, outcome.error)

@@ -22,6 +22,7 @@ class ManifestJob:
     request: Dict[str, Any]
     state: str = "SUBMITTED"
     error: Optional[str] = None
+    slot: Optional[int] = None  # packed with other runs into its Slurm job: the srun task that runs it
 
 
 @dataclass

@@ -21,7 +21,7 @@ from hydra.core.utils import filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from hpcbench.config import RunConfig
+from hpcbench.config import PartitionConfig, RunConfig, run_partition
 from hpcbench.config_load import checked_run_config, merge_into_schema, to_run_config
 from hpcbench.errors import ConfigError
 from hpcbench.slurm.compose import Composition, SweepComposer
@@ -36,6 +36,7 @@ class PlannedJob:
     overrides: List[str]
     run_dir: Path
     request: SlurmRequest
+    partition: Optional[PartitionConfig] = None  # where an hpcbench run goes (packing fits runs to its nodes)
 
     @property
     def label(self) -> str:
@@ -78,7 +79,7 @@ class SweepPlanner:
         run_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         job_config = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
         if is_hpcbench_config(job_config):
-            return PlannedJob(num, list(overrides), run_dir, self._request(to_run_config(job_config)))
+            return PlannedJob(num, list(overrides), run_dir, *self._request(to_run_config(job_config)))
         return PlannedJob(num, list(overrides), run_dir, SlurmRequest().with_overrides(self.resources))
 
     def _shortcut(self, num: int, overrides: Sequence[str]) -> Optional[PlannedJob]:
@@ -98,12 +99,12 @@ class SweepPlanner:
             merged.merge_with(changes)
         except OmegaConfBaseException:
             return None  # a wrong type: the whole way reports it as Hydra does
-        return PlannedJob(num, list(overrides), run_dir, self._request(checked_run_config(merged)))
+        return PlannedJob(num, list(overrides), run_dir, *self._request(checked_run_config(merged)))
 
-    def _request(self, run: RunConfig) -> SlurmRequest:
+    def _request(self, run: RunConfig) -> Tuple[SlurmRequest, PartitionConfig]:
         request = derive_request(run).with_overrides(self.resources)
         check_compute_environment(run, request)
-        return request
+        return request, run_partition(run)[1]
 
     def _shared_plan(self, composition: Composition) -> _SharedPlan:
         if composition.key in self._shared:

@@ -14,7 +14,7 @@ from hpcbench.cli import fail
 from hpcbench.errors import HpcbenchError
 from hpcbench.rundir import read_summary
 from hpcbench.slurm.manifest import Manifest
-from hpcbench.slurm.monitor import category
+from hpcbench.slurm.monitor import category, packed_run_state
 
 
 def _query(command: List[str]) -> str:
@@ -48,10 +48,15 @@ def pending_reasons(job_ids: List[str]) -> Dict[str, str]:
     return reasons
 
 
-def _run_progress(run_dir: str) -> str:
+def _run_summary(run_dir: str) -> Optional[dict]:
     try:
-        summary = read_summary(Path(run_dir))
+        return read_summary(Path(run_dir))
     except (OSError, ValueError):
+        return None
+
+
+def _run_progress(summary: Optional[dict]) -> str:
+    if summary is None:
         return "summary.json unreadable"
     if not summary:
         return "not started"
@@ -65,9 +70,14 @@ def show(sweep_dir: Path) -> bool:
     states, reasons = slurm_states(ids), pending_reasons(ids)
     rows = [("job", "slurm id", "state", "run", "overrides")]
     for job in manifest.jobs:
+        summary = _run_summary(job.run_dir)
         job.state = states.get(job.slurm_job_id, job.state)
+        slurm_id = job.slurm_job_id
+        if job.slot is not None:  # packed: the Slurm job is its allocation's, the run's state its own
+            job.state = packed_run_state(job.state, (summary or {}).get("status"))
+            slurm_id += f" slot {job.slot}"
         state = f"{job.state} ({reasons[job.slurm_job_id]})" if job.slurm_job_id in reasons else job.state
-        rows.append((f"#{job.num}", job.slurm_job_id, state, _run_progress(job.run_dir), " ".join(job.overrides)))
+        rows.append((f"#{job.num}", slurm_id, state, _run_progress(summary), " ".join(job.overrides)))
     manifest.write()
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:

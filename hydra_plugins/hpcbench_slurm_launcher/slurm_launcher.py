@@ -51,6 +51,10 @@ class SlurmLauncherConf:
     signal_delay_s: int = 90  # Slurm signals the job this long before its time limit
     max_num_timeout: int = 3  # requeues after a time limit or preemption (the job checkpoints first); 0: never requeued
     array_parallelism: int = 256  # at most this many of the sweep's jobs run at once (shared between its arrays)
+    # Packing (hpcbench/slurm/packing.py): up to this many alike one-task runs (mode=cpu, mode=gpu)
+    # share one Slurm job, side by side on their own cores, in turn where the node holds fewer;
+    # each keeps its own run directory, result and failure. 1: every run its own Slurm job.
+    runs_per_allocation: int = 1
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="slurm", node=SlurmLauncherConf, provider="hpcbench")
