@@ -78,6 +78,20 @@ def open_mpi() -> dict:
     return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"} if os.geteuid() == 0 else {}
 
 
+INTEL_MPI_PREFIX = Path("/opt/intel-mpi")  # PyPI's impi-rt, installed there by .ci/run
+
+
+@pytest.fixture(scope="session")
+def intel_mpi() -> dict:
+    """The environment of an Intel MPI run here: its bin/ first on PATH, as a site's module puts
+    it; a skip without it, a failure under CI."""
+    if not (INTEL_MPI_PREFIX / "bin" / "mpiexec").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{INTEL_MPI_PREFIX}/bin/mpiexec is missing: .ci/run installs PyPI's impi-rt there")
+        pytest.skip(f"Intel MPI is not installed (pip install --no-deps --prefix {INTEL_MPI_PREFIX} impi-rt)")
+    return {"PATH": f"{INTEL_MPI_PREFIX / 'bin'}:{os.environ['PATH']}"}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def warm_interpreter():
     """The fork server that helpers.run_cli's commands start from, started before any test can

@@ -68,15 +68,31 @@ def test_one_sweep_runs_ddp_on_one_node_and_on_two(tmp_path):
     _check_two_node_run(sweep / "1")
 
 
-def test_one_ddp_step_across_two_hosts_equals_the_serial_step(tmp_path):
+def test_the_launcher_starts_open_mpi_ranks_on_two_hosts_with_srun_and_pmix(tmp_path, open_mpi):
+    """hpcbench's own way with the site's Open MPI: hardware.mpi=openmpi picks srun's pmix plugin."""
+    sweep = tmp_path / "sweep"
+    result = run_cli([*SLURM, "+layout=two_nodes", "hardware.mpi=openmpi", f"hydra.sweep.dir={sweep}"], tmp_path,
+                     timeout=600, env=open_mpi)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _check_two_node_run(sweep / "0")
+    assert read_json(sweep / "0" / "env.json")["mpi"].startswith("Open MPI v4.")
+    [script] = (sweep / ".submitit").rglob("*_submission.sh")
+    assert " --mpi=pmix " in script.read_text()
+
+
+@pytest.mark.parametrize(("plugin", "implementation"), [("pmi2", "mpich"), ("pmix", "openmpi")])
+def test_one_ddp_step_across_two_hosts_equals_the_serial_step(tmp_path, plugin, implementation):
+    """srun starts MPICH's ranks with its pmi2 plugin and Open MPI's with pmix (each test host has a
+    PMIx directory of its own: tests/cluster/cluster.sh); the ranks load the library that matches."""
     result_file = tmp_path / "result.txt"
     program = REPO / "tests" / "mpi_programs" / "one_step.py"
-    result = subprocess.run(["srun", "-N2", "-n4", "--ntasks-per-node=2", "--mpi=pmi2", sys.executable, str(program),
-                             str(result_file)], capture_output=True, text=True, timeout=300, env=cli_env(tmp_path))
+    result = subprocess.run(["srun", "-N2", "-n4", "--ntasks-per-node=2", f"--mpi={plugin}", sys.executable,
+                             str(program), str(result_file)], capture_output=True, text=True, timeout=300,
+                            env=cli_env(tmp_path))
     assert result.returncode == 0, result.stderr
-    worst, moved, nodes, world = map(float, result_file.read_text().split())
-    assert (nodes, world) == (2, 4)
-    assert moved > 1e-4 and worst < 1e-5
+    worst, moved, nodes, world, ran = result_file.read_text().split()
+    assert (int(nodes), int(world), ran) == (2, 4, implementation)
+    assert float(moved) > 1e-4 and float(worst) < 1e-5
 
 
 MPI_START = "from hpcbench.mpi.topology import init_mpi; init_mpi().COMM_WORLD.Barrier()"
@@ -141,19 +157,26 @@ def test_the_original_studys_batch_script_with_open_mpis_mpirun(tmp_path, open_m
     assert read_json(tmp_path / "batch" / "env.json")["mpi"].startswith("Open MPI v4.")
 
 
-def test_mpiexec_across_the_hosts_without_slurm(tmp_path):
-    """MPICH's mpiexec starts its proxies through tests/cluster/netns_ssh, which stands in for ssh."""
-    hostfile = tmp_path / "hosts"
+@pytest.mark.parametrize("implementation", ["mpich", "intel"])
+def test_mpiexec_across_the_hosts_without_slurm(tmp_path, request, implementation):
+    """MPICH's mpiexec, and Intel MPI's (its own Hydra, PyPI's impi-rt with the system's
+    libfabric), start their proxies through tests/cluster/netns_ssh, which stands in for ssh."""
+    hostfile, ssh = tmp_path / "hosts", str(REPO / "tests" / "cluster" / "netns_ssh")
     hostfile.write_text("node1:2\nnode2:2\n")
-    env = cli_env(tmp_path, {"HYDRA_HOST_FILE": str(hostfile), "HYDRA_LAUNCHER": "ssh",
-                             "HYDRA_LAUNCHER_EXEC": str(REPO / "tests" / "cluster" / "netns_ssh")})
-    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    if implementation == "intel":
+        extra = {**request.getfixturevalue("intel_mpi"), "I_MPI_HYDRA_HOST_FILE": str(hostfile),
+                 "I_MPI_HYDRA_BOOTSTRAP": "ssh", "I_MPI_HYDRA_BOOTSTRAP_EXEC": ssh}
+    else:
+        extra = {"HYDRA_HOST_FILE": str(hostfile), "HYDRA_LAUNCHER": "ssh", "HYDRA_LAUNCHER_EXEC": ssh}
+    env = {k: v for k, v in cli_env(tmp_path, extra).items() if not k.startswith("SLURM_")}
     command = ["ip", "netns", "exec", "node1", "unshare", "--uts", "sh", "-c", 'hostname node1; exec "$@"', "_",
-               sys.executable, "-m", "hpcbench.train", *DDP_4_ON_2, "hardware=ci_cluster", "hardware.mpi_launcher=mpiexec"]
+               sys.executable, "-m", "hpcbench.train", *DDP_4_ON_2, "hardware=ci_cluster", "hardware.mpi_launcher=mpiexec",
+               f"hardware.mpi={implementation}"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     [run_dir] = run_dirs(tmp_path / "outputs")
     _check_two_node_run(run_dir)
+    assert read_json(run_dir / "env.json")["mpi"].startswith({"mpich": "MPICH", "intel": "Intel(R) MPI Library"}[implementation])
 
 
 def _job_story(sweep: Path, job_id: str) -> str:

@@ -38,7 +38,7 @@ class RanksStopped(HpcbenchError):
 # What to do where the profile's MPI launcher is missing.
 INSTALL_ADVICE = {"mpich": "pip install 'hpcbench[mpich]' or load your cluster's MPICH module",
                   "openmpi": "load your cluster's Open MPI module (module load openmpi), or apt-get install openmpi-bin",
-                  "intel": "load your cluster's Intel MPI module, or pip install impi-rt"}
+                  "intel": "load your cluster's Intel MPI module, or pip install --prefix DIR impi-rt and put DIR/bin on PATH"}
 
 
 def find_launcher(name: str, implementation: str) -> str:
@@ -91,10 +91,11 @@ def mpi_command(run: RunConfig, program: List[str]) -> List[str]:
                 "--ntasks-per-node", str(run.mode.ranks // run.mode.nodes),
                 *([f"--cpus-per-task={cpus}"] if cpus else []), *program]
     launcher = find_launcher(hardware.mpi_launcher, hardware.mpi)
-    if hardware.mpi != "mpich":
+    if hardware.mpi == "openmpi":
         # Open MPI's mpirun lets the survivors of a killed rank record their loss before it ends them.
         return [launcher, "-n", ranks, *program]
-    # MPICH kills every rank the moment one dies; left alone, the survivors see the loss in their
+    # MPICH (and Intel MPI, whose process manager is MPICH's Hydra) kills every rank the moment one
+    # dies; left alone, the survivors see the loss in their
     # next collective and say which rank went missing (their collective timeout bounds the wait).
     # Its process manager kills them even so when a rank dies of a signal (SIGKILL, the OOM
     # killer), unless a shell between them turns the signal into an exit status; the shell

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Optional
 
 from hpcbench.errors import ConfigError
@@ -88,11 +89,45 @@ def started_by_open_mpi() -> bool:
     return "OMPI_COMM_WORLD_SIZE" in os.environ or os.environ.get("SLURM_MPI_TYPE", "").startswith("pmix")
 
 
+def started_by_intel_mpi() -> bool:
+    """Intel MPI's process manager (a Hydra of its own) sets I_MPI_HYDRA_UUID in every rank."""
+    return "I_MPI_HYDRA_UUID" in os.environ
+
+
+def _parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def intel_mpi_library() -> Optional[str]:
+    """Intel MPI's libmpi.so.12, which has the name of the venv's MPICH's, so found by path: the
+    one beside the process manager that started this rank (its hydra_pmi_proxy in a module's or
+    pip's impi-rt bin/, the library in ../lib), else under I_MPI_ROOT."""
+    candidates = []
+    pid = os.getpid()
+    try:
+        for _ in range(4):  # the rank's parent, or the parent of launch.py's shell
+            pid = _parent_pid(pid)
+            executable = Path(os.readlink(f"/proc/{pid}/exe"))
+            if executable.name == "hydra_pmi_proxy":
+                candidates.append(executable.parent.parent / "lib" / "libmpi.so.12")
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    if os.environ.get("I_MPI_ROOT"):
+        root = Path(os.environ["I_MPI_ROOT"])
+        candidates += [root / "lib" / "libmpi.so.12", root / "lib" / "release" / "libmpi.so.12"]
+    return next((str(path) for path in candidates if path.is_file()), None)
+
+
 def choose_mpi_library() -> None:
-    """Before mpi4py starts MPI: a rank Open MPI started loads Open MPI's library. The user's own
-    MPI4PY_LIBMPI or MPI4PY_MPIABI stands."""
-    if "MPI4PY_LIBMPI" not in os.environ and "MPI4PY_MPIABI" not in os.environ and started_by_open_mpi():
+    """Before mpi4py starts MPI: a rank Open MPI started loads Open MPI's library, a rank Intel MPI
+    started loads Intel's. The user's own MPI4PY_LIBMPI or MPI4PY_MPIABI stands."""
+    if "MPI4PY_LIBMPI" in os.environ or "MPI4PY_MPIABI" in os.environ:
+        return
+    if started_by_open_mpi():
         os.environ["MPI4PY_LIBMPI"] = OPEN_MPI_LIBRARY
+    elif started_by_intel_mpi() and (library := intel_mpi_library()):
+        os.environ["MPI4PY_LIBMPI"] = library
 
 
 def library_name(version: str) -> str:

@@ -25,6 +25,7 @@ GPUS=2  # placeholder GPUs per host (make_gpu_placeholders)
 STATE=/run/hpcbench-cluster
 CONF=/etc/slurm/slurm.conf
 DBD_CONF=/etc/slurm/slurmdbd.conf
+PMIX_CLI_DIR=/var/spool/pmix-cli  # each host's PMIx client directory (mpi.conf), a host's own mount
 LOG=/var/log/slurm
 
 install_packages() {
@@ -137,6 +138,10 @@ EOF
     # `ip netns exec` mounts a fresh /sys that hides /sys/fs/cgroup: name the plugin, or slurmd's
     # autodetection fails.
     echo "CgroupPlugin=cgroup/v1" >/etc/slurm/cgroup.conf
+    # srun --mpi=pmix (Open MPI's ranks) makes a directory per step under PMIxCliTmpDirBase, named
+    # by job and step only: on hosts that share /tmp the second host finds it there and the step
+    # fails ("File exists"). Every host mounts a directory of its own there (start_slurmd).
+    echo "PMIxCliTmpDirBase=$PMIX_CLI_DIR" >/etc/slurm/mpi.conf
     make_gpu_placeholders
     cat >"$DBD_CONF" <<EOF
 AuthType=auth/munge
@@ -185,7 +190,9 @@ all_idle() {
 }
 
 start_slurmd() {  # start_slurmd I
-    in_host "$1" slurmd -N "node$1"
+    install -d "$PMIX_CLI_DIR" "$PMIX_CLI_DIR-node$1"
+    # `ip netns exec` gives the host a mount namespace of its own: the bind mount is its alone.
+    in_host "$1" sh -c 'mount --bind "$0" "$1" && exec slurmd -N "$2"' "$PMIX_CLI_DIR-node$1" "$PMIX_CLI_DIR" "node$1"
 }
 
 start() {

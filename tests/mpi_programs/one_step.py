@@ -13,7 +13,7 @@ import torch
 
 from hpcbench.models import build_model
 from hpcbench.mpi.process_group import init_process_group, shutdown
-from hpcbench.mpi.topology import init_mpi, mpi_topology
+from hpcbench.mpi.topology import init_mpi, library_implementation, mpi_topology
 
 IMAGES = 8
 
@@ -48,7 +48,8 @@ def main(result_path: str) -> None:
     moved = max((a - b).abs().max().item() for a, b in zip(model.parameters(), ddp.module.parameters(), strict=True))
     if topology.is_main:
         with open(result_path, "w") as handle:
-            handle.write(f"{worst} {moved} {topology.nodes} {topology.world_size}\n")
+            implementation = library_implementation(init_mpi().Get_library_version())
+            handle.write(f"{worst} {moved} {topology.nodes} {topology.world_size} {implementation}\n")
     shutdown()
 
 
