@@ -101,6 +101,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def one_step_result(path: Path) -> tuple[float, float, int, int, str]:
+    """What tests/mpi_programs/one_step.py wrote: the worst difference from the serial step, how far
+    the step moved the weights, nodes, world size and the MPI implementation the ranks ran."""
+    worst, moved, nodes, world, implementation = path.read_text().split()
+    return float(worst), float(moved), int(nodes), int(world), implementation
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 

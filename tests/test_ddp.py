@@ -16,6 +16,7 @@ from helpers import (
     MPIEXEC,
     TINY,
     free_port,
+    one_step_result,
     read_json,
     read_metrics,
     run_cli,
@@ -115,8 +116,8 @@ def test_one_ddp_step_equals_one_serial_step_on_the_doubled_batch(tmp_path):
     program = str(Path(__file__).parent / "mpi_programs" / "one_step.py")
     result = _mpiexec([program, str(result_file)], tmp_path)
     assert result.returncode == 0, result.stderr
-    worst, moved, nodes, world = map(float, result_file.read_text().split())
-    assert (nodes, world) == (1, 2)
+    worst, moved, nodes, world, implementation = one_step_result(result_file)
+    assert (nodes, world, implementation) == (1, 2, "mpich")
     assert moved > 1e-4  # the step changed the parameters ...
     assert worst < 1e-5  # ... exactly as the serial step did
 

@@ -19,6 +19,7 @@ from helpers import (
     cli_env,
     job_count,
     manifest,
+    one_step_result,
     read_json,
     run_cli,
     run_dirs,
@@ -90,9 +91,9 @@ def test_one_ddp_step_across_two_hosts_equals_the_serial_step(tmp_path, plugin, 
                              str(program), str(result_file)], capture_output=True, text=True, timeout=300,
                             env=cli_env(tmp_path))
     assert result.returncode == 0, result.stderr
-    worst, moved, nodes, world, ran = result_file.read_text().split()
-    assert (int(nodes), int(world), ran) == (2, 4, implementation)
-    assert float(moved) > 1e-4 and float(worst) < 1e-5
+    worst, moved, nodes, world, ran = one_step_result(result_file)
+    assert (nodes, world, ran) == (2, 4, implementation)
+    assert moved > 1e-4 and worst < 1e-5
 
 
 MPI_START = "from hpcbench.mpi.topology import init_mpi; init_mpi().COMM_WORLD.Barrier()"
