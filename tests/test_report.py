@@ -179,7 +179,10 @@ def test_many_studies_get_a_plot_each_whose_axes_fit_the_measurements(tmp_path, 
     write_report([sweep], tmp_path / "out")
     speedups = {name: figure for name, figure in figures if name.startswith("speedup")}
     assert sorted(speedups) == ["speedup_S1.png", "speedup_S2.png", "speedup_S3.png"]  # 6 series: one plot a study
-    assert {"efficiency_S1.png", "efficiency_S3.png"} <= {name for name, _ in figures}
+    assert {"efficiency_S1.png", "efficiency_S3.png", "throughput_S1.png", "throughput_S3.png"} <= {n for n, _ in figures}
+    # A throughput line joins one study's batch sizes, never another model's point at the same batch.
+    throughput = dict(figures)["throughput_S2.png"].axes[0]
+    assert all(len(line.get_xdata()) == 1 for line in throughput.get_lines())
     axis = speedups["speedup_S1.png"].axes[0]
     assert axis.get_xlim()[1] == pytest.approx(8 * 1.2)  # 4 devices measured: drawn up to one doubling beyond
     assert max(max(line.get_xdata()) for line in axis.get_lines()) == pytest.approx(8)

@@ -41,10 +41,10 @@ def assemble(collection: Collection, paths: List[Path], out: Path, baseline: str
             of = f": {suffix[1:]}" if suffix else ""
             figures[f"Speedup vs devices{of}"] = plots.speedup_plot(rows, fits, limits, names, out / f"speedup{suffix}.png")
             figures[f"Parallel efficiency vs devices{of}"] = plots.efficiency_plot(rows, names, out / f"efficiency{suffix}.png")
+            figures[f"Throughput vs batch size{of}"] = plots.throughput_plot(rows, names, out / f"throughput{suffix}.png")
         figures |= {
             "Time per step by phase": plots.time_breakdown_plot(table, labels, out / "time_breakdown.png"),
             "Test accuracy and loss per epoch": plots.curves_plot(collection.metrics, _run_labels(collection), out / "curves.png"),
-            "Throughput vs batch size": plots.throughput_plot(table, out / "throughput.png"),
         }
     inputs = [p.name for p in paths]
     runs_csv = collection.runs.copy()

@@ -19,7 +19,8 @@ from hpcbench.report.scaling import ScalingFit  # noqa: E402
 
 FIGSIZE = (10.0, 4.5)  # the axes, and the legend right of them (outside the data)
 LEGEND_RUNS = 20  # curves_plot names each run in its legend up to this many runs
-SERIES_PER_PLOT = 4  # more (study, device, scaling) series than this: one speedup and efficiency plot per study
+SERIES_PER_PLOT = 4  # more (study, device, scaling) series than this: one speedup, efficiency and throughput plot per study
+LABELLED_BARS = 8  # the evaluation panel names its bars up to this many configurations
 DPI = 100
 PNG_METADATA = {"Software": None}  # no version string: identical inputs give identical files
 MODEL_ALPHA, LIMIT_ALPHA = 0.55, 0.12  # fitted models faint, the limits' bands fainter: the measurements first
@@ -144,9 +145,17 @@ def time_breakdown_plot(table: pd.DataFrame, labels: List[str], path: Path) -> s
         bottom += values
     step_axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
     step_axis.set(ylabel="ms per training step (mean over ranks)", title="Time per step by phase")
-    step_axis.legend(fontsize=7)
+    if bottom.any():
+        step_axis.legend(fontsize=7)
+    else:  # runs of an older hpcbench, or imported logs: an empty axis would look like a measurement
+        step_axis.text(0.5, 0.5, "these runs recorded no step phases", transform=step_axis.transAxes, ha="center")
+        step_axis.set_yticks([])
     eval_axis.bar(x, table["eval_time_s"].fillna(0.0).to_numpy(dtype=float), color="C4")
-    eval_axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+    if len(labels) <= LABELLED_BARS:
+        eval_axis.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+    else:  # its narrow panel cannot hold the names: the same bars in the same order as the left one's
+        eval_axis.set_xticks(x, [""] * len(x))
+        eval_axis.set_xlabel("configurations as on the left", fontsize=7)
     eval_axis.set(ylabel="seconds per epoch", title="Evaluation")
     return _save(figure, path)
 
@@ -181,11 +190,15 @@ def curves_plot(metrics: Dict[str, List[dict]], labels: Dict[str, tuple], path: 
     return _save(figure, path)
 
 
-def throughput_plot(table: pd.DataFrame, path: Path) -> str:
+def throughput_plot(table: pd.DataFrame, study_names: Dict[str, str], path: Path) -> str:
+    """A line per study and device layout over the batch sizes it ran (a line never joins two
+    studies' models)."""
     figure, axis = _figure()
-    for (mode, device, devices), group in table.groupby(["mode", "device", "devices"], sort=True):
+    studies = table["study"].nunique()
+    for (study, mode, device, devices), group in table.groupby(["study", "mode", "device", "devices"], sort=True):
         group = group.sort_values("batch_per_device")
-        axis.plot(group["batch_per_device"], group["samples_per_s"], marker="o", label=f"{mode} {device} x{devices}")
+        name = f"{study_names[study]} " if studies > 1 else ""
+        axis.plot(group["batch_per_device"], group["samples_per_s"], marker="o", label=f"{name}{mode} {device} x{devices}")
     batches = table["batch_per_device"]
     _powers_of_two_axis(axis, max(1, int(batches.max())), max(1, int(batches.min())))
     axis.set(xlabel="batch per device", ylabel="training images / s (all devices)", title="Throughput vs batch size")
