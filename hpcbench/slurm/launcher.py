@@ -198,10 +198,11 @@ class SlurmSweep:
 
     def _results(self, placed: List[Placed], states: Dict[str, str], manifest: Manifest) -> List[JobReturn]:
         returns, failures = [], []
+        slot_outcomes: Dict[Tuple[str, int], Dict[int, Any]] = {}  # each slot's result file read once
         for run, entry in zip(placed, manifest.jobs, strict=True):
             job, handle = run.job, run.handle
             allocation_state = states[handle.job_id]
-            result, error = self._outcome(run, allocation_state)
+            result, error = self._outcome(run, allocation_state, slot_outcomes)
             if error is None:
                 entry.state = "COMPLETED"
                 returns.append(result)
@@ -220,14 +221,18 @@ class SlurmSweep:
         return returns
 
     @staticmethod
-    def _outcome(run: Placed, allocation_state: str) -> Tuple[Any, Optional[str]]:
+    def _outcome(run: Placed, allocation_state: str,
+                 slot_outcomes: Dict[Tuple[str, int], Dict[int, Any]]) -> Tuple[Any, Optional[str]]:
         """(the run's JobReturn, None) or (None, why it has none: "" where only its logs say)."""
         task = run.task
         if run.slot is None:
             if category(allocation_state) == "done" and task.exception() is None:
                 return task.results()[0], None
             return None, ""
-        if task.exception() is not None:  # the slot itself failed: none of its runs told it anything
+        key = (run.handle.job_id, run.slot)
+        if key not in slot_outcomes:  # the slot itself failed: none of its runs told it anything
+            slot_outcomes[key] = {} if task.exception() is not None else {o.num: o for o in task.result()}
+        outcome = slot_outcomes[key].get(run.job.num)
+        if outcome is None:
             return None, ""
-        outcome = next(o for o in task.result() if o.num == run.job.num)
         return (outcome.result, None) if outcome.error is None else (None, outcome.error)

@@ -39,8 +39,17 @@ class Allocation:
         """The runs of one slot, in order: dealt round, so the first `slots` runs start at once."""
         return self.jobs[slot::self.slots] if self.packed else self.jobs
 
+    @property
+    def in_turn(self) -> int:
+        """The most runs one slot runs one after another."""
+        return in_turn(len(self.jobs), self.slots)
+
     def slot_of(self, index: int) -> Optional[int]:
         return index % self.slots if self.packed else None
+
+
+def in_turn(runs: int, slots: int) -> int:
+    return math.ceil(runs / slots)
 
 
 def can_pack(request: SlurmRequest) -> bool:
@@ -84,16 +93,15 @@ def slots_that_fit(request: SlurmRequest, partition: Optional[PartitionConfig], 
 
 
 def _pack(jobs: List[PlannedJob], runs_per_allocation: int) -> Allocation:
-    run = jobs[0].request
-    slots = slots_that_fit(run, jobs[0].partition, len(jobs))
-    in_turn = math.ceil(len(jobs) / slots)  # runs one after another in a slot
-    timeout = run.timeout_min * in_turn
-    partition = jobs[0].partition
+    run, partition = jobs[0].request, jobs[0].partition
+    slots = slots_that_fit(run, partition, len(jobs))
+    turns = in_turn(len(jobs), slots)  # runs one after another in a slot
+    timeout = run.timeout_min * turns
     if partition is not None and timeout > partition.time_limit_min:
         most = slots * max(1, partition.time_limit_min // run.timeout_min)
         raise ConfigError(
             f"hydra.launcher.runs_per_allocation={runs_per_allocation}: a node of partition {run.partition} holds "
-            f"{slots} of these runs side by side, so {in_turn} run one after another, {in_turn} x {run.timeout_min} "
+            f"{slots} of these runs side by side, so {turns} run one after another, {turns} x {run.timeout_min} "
             f"min, past the partition's {partition.time_limit_min} min limit; use runs_per_allocation={most} "
             f"or lower hardware.time_limit_min")
     gres = None
@@ -111,6 +119,5 @@ def _pack(jobs: List[PlannedJob], runs_per_allocation: int) -> Allocation:
 def describe(allocation: Allocation) -> str:
     if not allocation.packed:
         return ""
-    in_turn = math.ceil(len(allocation.jobs) / allocation.slots)
-    return (f"{len(allocation.jobs)} runs packed: {allocation.slots} side by side, up to {in_turn} one after "
+    return (f"{len(allocation.jobs)} runs packed: {allocation.slots} side by side, up to {allocation.in_turn} one after "
             f"another in each slot")

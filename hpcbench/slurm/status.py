@@ -66,7 +66,7 @@ def _run_progress(summary: Optional[dict]) -> str:
 def show(sweep_dir: Path) -> bool:
     """Print the table; True when no job failed. Records the states in the manifest."""
     manifest = Manifest.read(sweep_dir)
-    ids = [job.slurm_job_id for job in manifest.jobs]
+    ids = list(dict.fromkeys(job.slurm_job_id for job in manifest.jobs))  # packed runs share their job's id
     states, reasons = slurm_states(ids), pending_reasons(ids)
     rows = [("job", "slurm id", "state", "run", "overrides")]
     for job in manifest.jobs:
