@@ -176,6 +176,8 @@ def test_many_studies_get_a_plot_each_whose_axes_fit_the_measurements(tmp_path, 
         make_run(sweep, f"{model}_ddp", ["+original_study=ddp_2gpu", f"model={model}", "mode.ranks=4"], 50.0, 0.96, 360.0)
     figures = []
     monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append((path.name, figure)) or path.name)
+    # drawn in this process (not a process a core), to look at the figures
+    monkeypatch.setattr(plots, "draw", lambda drawings: {title: plot(*arguments) for title, plot, arguments in drawings})
     write_report([sweep], tmp_path / "out")
     speedups = {name: figure for name, figure in figures if name.startswith("speedup")}
     assert sorted(speedups) == ["speedup_S1.png", "speedup_S2.png", "speedup_S3.png"]  # 6 series: one plot a study

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from helpers import read_json, run_cli, start_cli, table_rows
 from scipy import stats as scipy_stats
-from statsmodels.stats.proportion import proportion_confint
+from statsmodels.stats import proportion
+from statsmodels.stats.multitest import multipletests
 
 from hpcbench.report import stats
 
@@ -34,7 +35,7 @@ def test_intervals_are_student_t_and_wilson():
     assert (interval.low, interval.high, interval.n) == pytest.approx((12 - half, 12 + half, 3))
     assert stats.t_interval([5.0]) is None  # one run has no spread
     wilson = stats.proportion_interval(90, 100)
-    assert (wilson.low, wilson.high) == pytest.approx(proportion_confint(90, 100, method="wilson"))
+    assert (wilson.low, wilson.high) == pytest.approx(proportion.proportion_confint(90, 100, method="wilson"))
 
 
 def test_accuracy_intervals_over_repeats_stay_within_zero_and_one():
@@ -54,7 +55,7 @@ def test_accuracy_intervals_over_repeats_stay_within_zero_and_one():
     edge = stats.accuracy_interval([1.0, 0.99609375], [256, 256])
     assert 0 < edge.low < edge.high < 1
     same = stats.accuracy_interval([1.0, 1.0, 1.0], [100, 100, 100])
-    assert (same.low, same.high) == pytest.approx(proportion_confint(300, 300, method="wilson"))
+    assert (same.low, same.high) == pytest.approx(proportion.proportion_confint(300, 300, method="wilson"))
     unknown_counts = stats.accuracy_interval([0.95, 0.99, 1.0], [None, None, None])  # imported logs
     assert 0 < unknown_counts.low < unknown_counts.high < 1
 
@@ -78,6 +79,29 @@ def test_holm_adjusts_and_keeps_missing_values():
     adjusted = stats.holm([0.01, float("nan"), 0.04, 0.03])
     assert adjusted[0] == pytest.approx(0.03) and np.isnan(adjusted[1])
     assert adjusted[2] == pytest.approx(0.06) and adjusted[3] == pytest.approx(0.06)
+
+
+# report/stats.py writes the tests out on scipy.special (scipy.stats and statsmodels cost 2 s of
+# every report to import): these are the references each must equal.
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # statsmodels' odds ratio at p = 1
+def test_the_tests_written_out_equal_scipy_stats_and_statsmodels():
+    rng = np.random.default_rng(1)
+    pvalues = list(rng.uniform(0, 0.2, 40)) + [0.5, 1.0, 0.001, 0.001]
+    assert stats.holm(pvalues) == pytest.approx(list(multipletests(pvalues, method="holm")[1]))
+    for n1, n2 in [(2, 2), (3, 9), (40, 25)]:
+        a, b = rng.normal(1.0, 0.1, n1), rng.normal(1.1, 0.3, n2)
+        ours, theirs = stats.welch(a, b), scipy_stats.ttest_ind(a, b, equal_var=False)
+        ci = theirs.confidence_interval(0.95)
+        assert (ours.low, ours.high, ours.p) == pytest.approx((ci.low, ci.high, theirs.pvalue))
+    assert stats.welch([1.0, 1.0], [2.0, 2.0]).p == 0 and np.isnan(stats.welch([1.0, 1.0], [1.0, 1.0]).p)
+    for counts in [(90, 100, 80, 100), (245, 256, 250, 256), (256, 256, 250, 256), (3, 10, 0, 12), (500, 10000, 520, 9000)]:
+        ours = stats.two_proportions(*counts)
+        test = proportion.test_proportions_2indep(*counts, method="score")
+        low, high = proportion.confint_proportions_2indep(*counts, method="newcomb", alpha=0.05)
+        assert (ours.p, ours.low, ours.high) == pytest.approx((test.pvalue, low, high))
+        for correct, total in (counts[:2], counts[2:]):
+            wilson = stats.proportion_interval(correct, total)
+            assert (wilson.low, wilson.high) == pytest.approx(proportion.proportion_confint(correct, total, method="wilson"))
 
 
 @pytest.fixture(scope="module")

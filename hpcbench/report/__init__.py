@@ -3,6 +3,14 @@
     from hpcbench.report import load_runs
     runs = load_runs("outputs/sweeps/2026-...")   # one row per completed run (pandas DataFrame)
 """
-from hpcbench.report.collect import collect, load_runs
+import importlib
 
-__all__ = ["collect", "load_runs"]
+__all__ = ["load_runs"]
+
+
+def __getattr__(name: str):
+    """load_runs, imported when used: hpcbench-report starts its readers before pandas imports
+    (report/cli.py), and importing any module of this package runs this one first."""
+    if name == "load_runs":
+        return importlib.import_module("hpcbench.report.collect").load_runs
+    raise AttributeError(f"module 'hpcbench.report' has no attribute {name!r}")

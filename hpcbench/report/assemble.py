@@ -33,19 +33,21 @@ def assemble(collection: Collection, paths: List[Path], out: Path, baseline: str
         table = add_time_to_accuracy(add_parity(table, tolerance), collection.metrics, tolerance, target)
         fits, limits = fit_scaling_laws(table), network_limits(table)
     out.mkdir(parents=True, exist_ok=True)
-    figures = {}
+    drawings: List[plots.Drawing] = []  # (title, plot, arguments) in the report's order
     if not table.empty:
         names = study_names(table)
         labels = [f"{names[r.study]} {r.mode} x{r.devices} b{r.batch_per_device}" for r in table.itertuples()]
         for suffix, rows in plots.by_study(table, names):  # one plot per study when there are many series
             of = f": {suffix[1:]}" if suffix else ""
-            figures[f"Speedup vs devices{of}"] = plots.speedup_plot(rows, fits, limits, names, out / f"speedup{suffix}.png")
-            figures[f"Parallel efficiency vs devices{of}"] = plots.efficiency_plot(rows, names, out / f"efficiency{suffix}.png")
-            figures[f"Throughput vs batch size{of}"] = plots.throughput_plot(rows, names, out / f"throughput{suffix}.png")
-        figures |= {
-            "Time per step by phase": plots.time_breakdown_plot(table, labels, out / "time_breakdown.png"),
-            "Test accuracy and loss per epoch": plots.curves_plot(collection.metrics, _run_labels(collection), out / "curves.png"),
-        }
+            drawings += [
+                (f"Speedup vs devices{of}", plots.speedup_plot, (rows, fits, limits, names, out / f"speedup{suffix}.png")),
+                (f"Parallel efficiency vs devices{of}", plots.efficiency_plot, (rows, names, out / f"efficiency{suffix}.png")),
+                (f"Throughput vs batch size{of}", plots.throughput_plot, (rows, names, out / f"throughput{suffix}.png"))]
+        drawings += [
+            ("Time per step by phase", plots.time_breakdown_plot, (table, labels, out / "time_breakdown.png")),
+            ("Test accuracy and loss per epoch", plots.curves_plot,
+             (collection.metrics, _run_labels(collection), out / "curves.png"))]
+    figures = plots.draw(drawings)
     inputs = [p.name for p in paths]
     runs_csv = collection.runs.copy()
     if not runs_csv.empty:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import matplotlib
 
@@ -26,6 +29,7 @@ PNG_METADATA = {"Software": None}  # no version string: identical inputs give id
 MODEL_ALPHA, LIMIT_ALPHA = 0.55, 0.12  # fitted models faint, the limits' bands fainter: the measurements first
 
 Series = Tuple[str, str, str]  # (study, device, scaling)
+Drawing = Tuple[str, Callable[..., str], tuple]  # (title, one of the plot functions below, its arguments)
 
 
 # The axes' place in the figure, fixed (matplotlib's constrained layout measures every text twice:
@@ -205,3 +209,15 @@ def throughput_plot(table: pd.DataFrame, study_names: Dict[str, str], path: Path
     axis.grid(True, alpha=0.3)
     _legend_outside(figure)
     return _save(figure, path)
+
+
+def draw(drawings: List[Drawing]) -> Dict[str, str]:
+    """title -> file name of each figure, drawn and saved by a process a core: drawing is most of a
+    report's time after its imports (1,000 runs: 1.1 s for 5 figures on one core of the 2-core
+    Xeon). Forked, so each drawer starts with matplotlib imported."""
+    workers = min(os.cpu_count() or 1, len(drawings))
+    if workers < 2:
+        return {title: plot(*arguments) for title, plot, arguments in drawings}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        drawn = {title: pool.submit(plot, *arguments) for title, plot, arguments in drawings}
+        return {title: future.result() for title, future in drawn.items()}

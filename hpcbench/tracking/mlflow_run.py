@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from hpcbench.report.collect import read_json_file, read_metrics_file, read_run_config
+from hpcbench.report.read import read_json_file, read_metrics_file, read_run_config
 from hpcbench.report.row import lr_policy, workload_key
 from hpcbench.rundir import ENV, METRICS, PROBE, RESOLVED_CONFIG, SUMMARY
 from hpcbench.tracking.client_env import fail_fast_environment

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from hpcbench.errors import HpcbenchError
-from hpcbench.report.collect import find_run_dirs, read_run_config
+from hpcbench.report.read import find_run_dirs, read_run_config
 from hpcbench.rundir import read_summary
 from hpcbench.tracking.live import first_line
 from hpcbench.tracking.mlflow_run import RunSync, connect, experiment_id, find_run, sweep_parent, sweep_status
