@@ -12,16 +12,25 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import INTEL_MPI_PREFIX, OPEN_MPI_MPIRUN
-from helpers import TINY, cli_env, read_json, run_cli, run_dirs, start_and_wait_for_an_epoch
+from helpers import TINY, cli_env, read_json, run_cli, run_dirs, start_and_wait_for_an_epoch, worker_pids
 
 from hpcbench.errors import ConfigError
 from hpcbench.mpi.launch import find_launcher
 
 DDP = [*TINY, "mode=ddp", "mode.ranks=2", "mode.device=cpu"]
 OPEN_MPI = ["hardware.mpi=openmpi", "hardware.mpi_launcher=mpirun"]
+PROFILES = {"mpich": [], "openmpi": OPEN_MPI, "intel": ["hardware.mpi=intel"]}
+ENVIRONMENT = {"mpich": None, "openmpi": "open_mpi", "intel": "intel_mpi"}  # the fixture of each MPI's
+USER_MODELS = str(Path(__file__).parent / "user_models")
+
+
+def mpi_environment(request, implementation: str) -> dict:
+    fixture = ENVIRONMENT[implementation]
+    return {"PYTHONPATH": USER_MODELS, **(request.getfixturevalue(fixture) if fixture else {})}
 
 
 def test_hpcbench_starts_open_mpi_ranks_with_open_mpis_mpirun(tmp_path, open_mpi):
@@ -62,6 +71,52 @@ def test_a_rank_killed_under_open_mpi_is_named_with_its_host(tmp_path, open_mpi)
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "failed"
     assert summary["error"].startswith(f"rank 1 on {socket.gethostname()} went missing"), summary["error"]
+
+
+@pytest.mark.parametrize("implementation", ["mpich", "openmpi", "intel"])
+def test_a_stop_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, request, implementation):
+    """A user or a node agent signals one rank; every rank stops at the same step boundary, under
+    each MPI's own launcher (Open MPI's mpirun ends the others when a rank exits early)."""
+    env, profile = mpi_environment(request, implementation), PROFILES[implementation]
+    job, pids = start_and_wait_for_an_epoch(tmp_path, [*DDP, *profile, "train.epochs=200"], env=env)
+    signalled_at = time.monotonic()
+    os.kill(pids[1], signal.SIGTERM)  # rank 1 only
+    _, stderr = job.communicate(timeout=90)
+    assert time.monotonic() - signalled_at < 30
+    assert job.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert "stopped by a stop signal (1 of 2 ranks received one) at a step boundary" in stderr.strip().splitlines()[-1]
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "interrupted" and not (run_dir / "ranks").exists()
+    if implementation != "mpich":
+        return  # resuming does not depend on the MPI: once is enough
+    # Resumable: the same command on the same directory continues after the last epoch.
+    done = summary["epochs"]
+    result = run_cli([*DDP, f"train.epochs={done + 1}", f"hydra.run.dir={run_dir}"], tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_json(run_dir / "summary.json")
+    assert (summary["status"], summary["epochs"], summary["restarts"]) == ("completed", done + 1, 1)
+
+
+@pytest.mark.parametrize("implementation", ["mpich", "openmpi", "intel"])
+def test_a_rank_stuck_outside_any_collective_is_ended_soon_after_its_peer_failed(tmp_path, request, implementation):
+    """Rank 0 fails with its own error while rank 1 blocks outside MPI (a hung file system, say):
+    MPICH's and Intel's mpiexec -disable-auto-cleanup would wait for rank 1 forever; hpcbench ends
+    it the collective timeout (2 s here) + STUCK_RANK_GRACE_S after rank 0's record."""
+    model = ["+model._target_=stuck_rank.build", "model.name=stuck_rank", "mode.collective_timeout_s=2"]
+    started = time.monotonic()
+    result = run_cli([*DDP, *PROFILES[implementation], *model, "train.epochs=1"], tmp_path,
+                     env=mpi_environment(request, implementation))
+    assert time.monotonic() - started < 90 and result.returncode == 1, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    host = socket.gethostname()
+    assert line.startswith(f"hpcbench-train: error: rank 0 on {host} failed first: RuntimeError: rank 0's own error"), line
+    if implementation != "openmpi":  # Open MPI's mpirun ends the others itself when a rank exits non-zero
+        assert line.endswith(f"rank 1 on {host} still ran 12 s later, outside any collective (a hung file system?), "
+                             "and was ended"), line
+    assert not worker_pids(str(tmp_path))  # no rank left behind
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    assert read_json(run_dir / "summary.json")["status"] == "failed"
 
 
 def test_the_launcher_of_the_profiles_mpi_is_found_whatever_else_is_installed(open_mpi):

@@ -11,20 +11,38 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from hpcbench.config import RunConfig
+from hpcbench.config import RunConfig, collective_timeout
 from hpcbench.errors import ConfigError, HpcbenchError
-from hpcbench.failure_records import RANKS_DIR, failed_run_cause, read_failures
+from hpcbench.failure_records import RANKS_DIR, failed_run_cause, rank_hosts, read_failures
 from hpcbench.mpi.topology import IMPLEMENTATION_NAMES
 from hpcbench.rundir import RunDirectory, read_summary
 from hpcbench.slurm.resources import derive_request, srun_rank_args
 
 log = logging.getLogger("hpcbench")
+
+# A rank stuck outside any collective (a read from a hung file system) never learns that its peers
+# failed, and mpiexec -disable-auto-cleanup waits for it forever. Once a rank has recorded a
+# failure, the others get the collective timeout and this long to record theirs and exit; then
+# the launcher ends them (under srun, its --wait does the same: slurm/resources.py).
+STUCK_RANK_GRACE_S = 10
+# Ending the ranks: Open MPI's mpirun ends them on the first SIGINT; MPICH's and Intel's Hydra
+# forward it (the ranks' stop signal) and end them, with SIGKILL, on the second.
+END_SIGNAL_INTERVAL_S = 2.0
+# A launcher that could not start the ranks says so on its stderr and nowhere else (the ranks,
+# never started, leave no record): its stderr passes through this process, its end kept.
+STDERR_TAIL_BYTES = 64 * 1024
+LAUNCHER_ERROR = re.compile(r"^(srun: error: .*|\[mpiexec@[^]]*\] .*|mpirun (was unable|could not|noticed) .*)$", re.M)
 
 
 class RanksFailed(HpcbenchError):
@@ -122,11 +140,14 @@ def worker_command(run_dir: Path) -> List[str]:
     return [sys.executable, "-m", "hpcbench.worker", str(run_dir)]
 
 
-def ranks_failed(run_dir: Path, world_size: int, returncode: int) -> RanksFailed:
-    """One line naming the rank and host that failed first, from the records the ranks left."""
+def ranks_failed(run_dir: Path, world_size: int, returncode: int, launcher_said: str = "") -> RanksFailed:
+    """One line naming the rank and host that failed first, from the records the ranks left; else
+    the launcher's own first error line (srun: "task 2 launch failed: ...")."""
     cause = failed_run_cause(run_dir, world_size)
     if cause is None:
-        return RanksFailed(f"the {world_size} MPI ranks exited with status {returncode} (see {Path(run_dir) / 'train.log'})")
+        said = LAUNCHER_ERROR.search(launcher_said.replace("\r", "\n"))  # after a progress bar's last update
+        return RanksFailed(f"the {world_size} MPI ranks exited with status {returncode}"
+                           f"{f'; {said.group(0).strip()}' if said else ''} (see {Path(run_dir) / 'train.log'})")
     error = RanksFailed(f"{cause} (tracebacks: {Path(run_dir) / RANKS_DIR})")
     error.exit_code = min(f.exit_code for f in read_failures(run_dir))
     return error
@@ -142,7 +163,8 @@ def launch_ranks(run: RunConfig, out_dir: Path) -> None:
     run_dir.write_config(run)
     command = mpi_command(run, worker_command(out_dir))
     log.info("starting %d MPI ranks: %s", run.mode.ranks, " ".join(command))
-    returncode = subprocess.run(command, check=False).returncode
+    launcher = run_ranks(command, out_dir, run.mode.ranks, collective_timeout(run) + STUCK_RANK_GRACE_S)
+    returncode = launcher.status
     if returncode != 0:
         summary = read_summary(out_dir)
         if summary.get("status") == "completed" and not read_failures(out_dir):
@@ -154,6 +176,97 @@ def launch_ranks(run: RunConfig, out_dir: Path) -> None:
             return
         if summary.get("status") in ("interrupted", "diverged"):
             raise RanksStopped(summary.get("error") or summary["status"])
-        error = ranks_failed(out_dir, run.mode.ranks, returncode)
+        error = ranks_failed(out_dir, run.mode.ranks, returncode, launcher.stderr_tail)
+        if launcher.ended:
+            error = RanksFailed(f"{error}; {launcher.ended}")
         run_dir.mark_failed_if_running(str(error))
         raise error
+
+
+@dataclass
+class LauncherExit:
+    status: int
+    ended: str  # the ranks the launcher had to end, stuck outside any collective ("": none)
+    stderr_tail: str  # the end of the launcher's stderr (STDERR_TAIL_BYTES)
+
+
+def run_ranks(command: List[str], run_dir: Path, world_size: int, grace_s: float) -> LauncherExit:
+    """Run the MPI launcher until it exits, ending the ranks still running `grace_s` after the
+    first failure record (STUCK_RANK_GRACE_S); its stderr passes through."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE)
+    stderr = _PassThrough(process.stderr)
+    try:
+        failed_at: Optional[float] = None
+        stuck = ""
+        while True:
+            try:
+                status = process.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if failed_at is None and (Path(run_dir) / RANKS_DIR).is_dir() and read_failures(run_dir):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > grace_s:
+                stuck = _stuck_ranks(run_dir, world_size, grace_s)
+                status = _end(process)
+                break
+    except KeyboardInterrupt:
+        # Ctrl-C reached the launcher too (one foreground process group): its ranks stop at their
+        # next step boundary (a second Ctrl-C makes MPICH's end them at once).
+        process.wait()
+        raise
+    return LauncherExit(status, stuck, stderr.tail())
+
+
+class _PassThrough:
+    """A child's stderr copied to this process's as it comes (progress bars' carriage returns
+    too), its last STDERR_TAIL_BYTES kept."""
+
+    def __init__(self, stream):
+        self._stream, self._kept = stream, bytearray()
+        self._thread = threading.Thread(target=self._copy, daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        out = getattr(sys.stderr, "buffer", None)
+        while chunk := os.read(self._stream.fileno(), 65536):
+            if out is not None:
+                out.write(chunk)
+                out.flush()
+            else:
+                sys.stderr.write(chunk.decode(errors="replace"))
+            self._kept = (self._kept + chunk)[-STDERR_TAIL_BYTES:]
+
+    def tail(self) -> str:
+        """What was kept, once the child's stderr is closed (a rank the launcher left behind
+        may hold it open: then what came so far)."""
+        self._thread.join(timeout=5)
+        return bytes(self._kept).decode(errors="replace")
+
+
+def _stuck_ranks(run_dir: Path, world_size: int, grace_s: float) -> str:
+    recorded = {failure.rank for failure in read_failures(run_dir)}
+    hosts = rank_hosts(run_dir, world_size)
+    stuck = [f"rank {rank} on {hosts[rank]}" for rank in range(world_size) if rank not in recorded]
+    if not stuck:
+        return ""
+    said = f"{', '.join(stuck)} still ran {grace_s:.0f} s later, outside any collective (a hung file system?)"
+    log.warning("%s: ending it", said)
+    return f"{said}, and {'was' if len(stuck) == 1 else 'were'} ended"
+
+
+def _end(process: subprocess.Popen) -> int:
+    """End the launcher's ranks the launcher's own way (END_SIGNAL_INTERVAL_S): SIGINT, SIGINT
+    again, then SIGKILL to the launcher itself."""
+    for _ in range(2):
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=END_SIGNAL_INTERVAL_S)
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        return process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
