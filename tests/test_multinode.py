@@ -289,9 +289,8 @@ def test_a_requeued_two_node_job_resumes_and_ends_with_the_uninterrupted_metrics
     assert run_cli([*settings, f"hydra.sweep.dir={reference}"], tmp_path, timeout=600).returncode == 0
 
     sweep = tmp_path / "sweep"
-    result = run_cli([*settings, "hydra.launcher.wait=false", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr
-    job_id = _wait_for_first_epoch(sweep)
+    launcher = start_cli([*settings, f"hydra.sweep.dir={sweep}"], tmp_path)  # followed to its end, as a user would
+    job_id = _wait_for_first_epoch(sweep, launcher=launcher)
     metrics = sweep / "0" / "metrics.jsonl"
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
     # Slurm holds a requeued job back (BeginTime) for a while; let it start at once.
@@ -300,10 +299,12 @@ def test_a_requeued_two_node_job_resumes_and_ends_with_the_uninterrupted_metrics
                                                    text=True, timeout=30).stdout:
         assert time.monotonic() < deadline, f"the requeued job never went back to PENDING: {_job_story(sweep, job_id)}"
         time.sleep(0.5)
+    # The stopped attempt left no result, which the launcher would take as the job's end (job.py).
+    assert not list((sweep / ".submitit").rglob("*_result.pkl")), _job_story(sweep, job_id)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
-    while sacct(job_id, "State") != "COMPLETED" or read_json(sweep / "0" / "summary.json")["status"] != "completed":
-        assert time.monotonic() < deadline, f"requeued job {job_id} did not complete: {_job_story(sweep, job_id)}"
-        time.sleep(0.25)
+    _, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0 and "FAILED" not in stderr, stderr[-3000:]
+    assert sacct(job_id, "State") == "COMPLETED" and read_json(sweep / "0" / "summary.json")["status"] == "completed"
     summary = read_json(sweep / "0" / "summary.json")
     assert summary["restarts"] >= 1 and summary["nodes"] == 2 and summary["pipeline"] == "stream"
     log = (sweep / "0" / "train.log").read_text()

@@ -19,9 +19,11 @@ RUNS = 24
 # Seeds 0-22, then 0 again: run #23 (the second allocation's last) is #0's twin, the reference
 # for #0's resume.
 SEEDS = ",".join(str(seed) for seed in [*range(RUNS - 1), 0])
-# A small CNN whose training steps sleep half a second: 4 steps an epoch, long enough to requeue a
-# run in its second epoch, and 24 runs cost the 2 cores little more than their start.
-SLOW_STEPS = ["+model._target_=slow_steps.build", "model.name=slow_steps", "+model.args.step_s=0.5"]
+# A small CNN whose training steps sleep half a second (4 steps an epoch): 24 runs cost the 2 cores
+# little more than their start. Each run's first step of epoch 2 waits at a gate (a file the test
+# makes) or for a stop signal, so the requeue finds run #0 in its second epoch.
+SLOW_STEPS = ["+model._target_=slow_steps.build", "model.name=slow_steps", "+model.args.step_s=0.5",
+              "+model.args.gate_after_steps=4"]
 USER_MODELS = {"PYTHONPATH": str(Path(__file__).parent / "user_models")}
 KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
 
@@ -60,8 +62,9 @@ def _epochs_done(run_dir: Path) -> int:
 
 
 def test_a_packed_sweep_keeps_each_runs_directory_failure_and_exact_resume(tmp_path):
-    sweep = tmp_path / "sweep"
-    launcher = start_cli(["-m", "hydra/launcher=slurm", FAST_POLL, "hardware=ci_cluster", *TINY, *SLOW_STEPS, "mode=cpu",
+    sweep, gate = tmp_path / "sweep", tmp_path / "gate"
+    launcher = start_cli(["-m", "hydra/launcher=slurm", FAST_POLL, "hardware=ci_cluster", *TINY, *SLOW_STEPS,
+                          f"+model.args.gate={gate}", "mode=cpu",
                           "mode.cpus_per_rank=1", "hardware.time_limit_min=20", "hydra.launcher.runs_per_allocation=12", f"train.seed={SEEDS}",
                           f"hydra.sweep.dir={sweep}"], tmp_path, env=USER_MODELS)
     _wait(lambda: (sweep / "manifest.json").is_file(), "the submission", launcher, sweep, 120)
@@ -76,11 +79,12 @@ def test_a_packed_sweep_keeps_each_runs_directory_failure_and_exact_resume(tmp_p
     [run_process] = [pid for pid, parent in processes if parent in {p for p, _ in processes}]
     os.kill(run_process, signal.SIGKILL)
 
-    # Requeue the first allocation once run #0 has finished its first epoch (of two).
+    # Requeue the first allocation once run #0 has finished its first epoch (of two): it waits at the gate.
     _wait(lambda: _epochs_done(sweep / "0") >= 1, "run #0's first epoch", launcher, sweep)
     subprocess.run(["scontrol", "requeue", first], check=True, timeout=30)
     _wait(lambda: "JobState=PENDING" in subprocess.run(["scontrol", "show", "job", first], capture_output=True,
                                                         text=True, timeout=30).stdout, "the requeue", launcher, sweep)
+    gate.touch()  # the other allocation's runs, and the requeued ones, go on
     subprocess.run(["scontrol", "update", f"JobId={first}", "StartTime=now"], check=True, timeout=30)
 
     _, stderr = launcher.communicate(timeout=400)

@@ -14,7 +14,8 @@ from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hpcbench.slurm.slot import SlotRun, run_slot
+from hpcbench.slurm.slot import SlotRun, leave_without_a_result, run_slot
+from hpcbench.training.signals import Interrupted
 
 # Ranks other than 0 log warnings to their stderr only (Slurm's .err file of that task).
 QUIET_LOGGING = {"version": 1, "root": {"level": "WARNING", "handlers": ["console"]},
@@ -42,7 +43,14 @@ class HydraSlurmJob:
         setup_globals()
         if not slots:
             [(overrides, num, _)] = runs
-            return self.run(overrides, num, environment.job_id, rank_zero=environment.global_rank == 0)
+            try:
+                return self.run(overrides, num, environment.job_id, rank_zero=environment.global_rank == 0)
+            except Exception as error:
+                # Stopped by a signal and checkpointed (a DDP rank's Interrupted is the cause of its RankFailed)
+                stopped = next((e for e in (error, error.__cause__) if isinstance(e, Interrupted)), None)
+                if stopped is None:
+                    raise
+                leave_without_a_result(stopped.signal_name)
         slot = environment.global_rank
         return run_slot(lambda overrides, num: self.run(overrides, num, environment.job_id, rank_zero=True),
                         runs[slot::slots], slot, slots, len(runs), environment.job_id, self.preload)

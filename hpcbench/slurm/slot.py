@@ -19,7 +19,7 @@ import pickle
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
 import cloudpickle
 
@@ -132,6 +132,13 @@ def run_slot(run_one: Callable[[List[str], int], Any], runs: List[SlotRun], slot
         # launcher that this slot has finished while its requeued allocation waits to run again.
         log.warning("slot %d: stopped by %s after %d of its %d runs; a requeued allocation runs the rest",
                     slot, stop.seen, len(outcomes), len(runs))
-        logging.shutdown()
-        os._exit(128 + signal.Signals[stop.seen].value)
+        leave_without_a_result(stop.seen)
     return outcomes
+
+
+def leave_without_a_result(signal_name: str) -> NoReturn:
+    """End a job's task stopped by a signal (requeue, preemption, scancel) before submitit writes
+    its result: a result file would tell the launcher the job has ended while its requeued
+    allocation waits to run again (submitit's done() believes the file before Slurm)."""
+    logging.shutdown()
+    os._exit(128 + signal.Signals[signal_name].value)

@@ -21,6 +21,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Interrupted(HpcbenchError):
     """A stop signal arrived; the run can be resumed from its last checkpoint."""
 
+    signal_name = "SIGTERM"  # the signal this rank received (a rank that received none: SIGTERM)
+
 
 class StopFlag:
     def __init__(self) -> None:
@@ -34,7 +36,9 @@ class StopFlag:
         """Raise Interrupted (every rank calls this at the same step once any rank saw a signal)."""
         seen = self.signal_name or "a stop signal"
         where = f" ({ranks_signalled} of {world_size} ranks received one)" if world_size > 1 else ""
-        raise Interrupted(f"stopped by {seen}{where} at a step boundary; restart to resume from the last epoch")
+        interrupted = Interrupted(f"stopped by {seen}{where} at a step boundary; restart to resume from the last epoch")
+        interrupted.signal_name = self.signal_name or Interrupted.signal_name
+        raise interrupted
 
 
 @contextmanager
