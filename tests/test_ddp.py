@@ -277,7 +277,7 @@ def test_a_launcher_that_could_not_start_the_ranks_is_quoted_and_its_stderr_pass
     launcher = launch.run_ranks([sys.executable, "-c", said], tmp_path, world_size=4, grace_s=10)
     assert capfd.readouterr().err == "epoch 1: 50%\rsrun: error: task 2 launch failed: Unspecified error\n"
     assert (launcher.status, launcher.ended) == (137, "")
-    error = launch.ranks_failed(tmp_path, 4, launcher.status, launcher.stderr_tail)
+    error = launch.ranks_failed(tmp_path, 4, launcher)
     assert str(error) == (f"the 4 MPI ranks exited with status 137; srun: error: task 2 launch failed: Unspecified "
                           f"error (see {tmp_path / 'train.log'})")
 

@@ -140,15 +140,17 @@ def worker_command(run_dir: Path) -> List[str]:
     return [sys.executable, "-m", "hpcbench.worker", str(run_dir)]
 
 
-def ranks_failed(run_dir: Path, world_size: int, returncode: int, launcher_said: str = "") -> RanksFailed:
-    """One line naming the rank and host that failed first, from the records the ranks left; else
-    the launcher's own first error line (srun: "task 2 launch failed: ...")."""
+def ranks_failed(run_dir: Path, world_size: int, launcher: LauncherExit) -> RanksFailed:
+    """One line naming the rank and host that failed first, from the records the ranks left, and
+    the ranks the launcher had to end; else the launcher's own first error line (srun: "task 2
+    launch failed: ...")."""
     cause = failed_run_cause(run_dir, world_size)
     if cause is None:
-        said = LAUNCHER_ERROR.search(launcher_said.replace("\r", "\n"))  # after a progress bar's last update
-        return RanksFailed(f"the {world_size} MPI ranks exited with status {returncode}"
+        said = LAUNCHER_ERROR.search(launcher.stderr_tail.replace("\r", "\n"))  # after a progress bar's last update
+        return RanksFailed(f"the {world_size} MPI ranks exited with status {launcher.status}"
                            f"{f'; {said.group(0).strip()}' if said else ''} (see {Path(run_dir) / 'train.log'})")
-    error = RanksFailed(f"{cause} (tracebacks: {Path(run_dir) / RANKS_DIR})")
+    ended = f"; {launcher.ended}" if launcher.ended else ""
+    error = RanksFailed(f"{cause} (tracebacks: {Path(run_dir) / RANKS_DIR}){ended}")
     error.exit_code = min(f.exit_code for f in read_failures(run_dir))
     return error
 
@@ -164,21 +166,18 @@ def launch_ranks(run: RunConfig, out_dir: Path) -> None:
     command = mpi_command(run, worker_command(out_dir))
     log.info("starting %d MPI ranks: %s", run.mode.ranks, " ".join(command))
     launcher = run_ranks(command, out_dir, run.mode.ranks, collective_timeout(run) + STUCK_RANK_GRACE_S)
-    returncode = launcher.status
-    if returncode != 0:
+    if launcher.status != 0:
         summary = read_summary(out_dir)
         if summary.get("status") == "completed" and not read_failures(out_dir):
             # Every rank got through the last collective and rank 0 wrote the result: what failed
             # is the launcher's own teardown (MPICH's mpiexec, now and then, dies of SIGPIPE
             # writing to a proxy that has already exited).
             log.warning("%s exited with status %d after every rank had finished; the run is complete",
-                        command[0], returncode)
+                        command[0], launcher.status)
             return
         if summary.get("status") in ("interrupted", "diverged"):
             raise RanksStopped(summary.get("error") or summary["status"])
-        error = ranks_failed(out_dir, run.mode.ranks, returncode, launcher.stderr_tail)
-        if launcher.ended:
-            error = RanksFailed(f"{error}; {launcher.ended}")
+        error = ranks_failed(out_dir, run.mode.ranks, launcher)
         run_dir.mark_failed_if_running(str(error))
         raise error
 
@@ -204,7 +203,7 @@ def run_ranks(command: List[str], run_dir: Path, world_size: int, grace_s: float
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if failed_at is None and (Path(run_dir) / RANKS_DIR).is_dir() and read_failures(run_dir):
+            if failed_at is None and read_failures(run_dir):
                 failed_at = time.monotonic()
             if failed_at is not None and time.monotonic() - failed_at > grace_s:
                 stuck = _stuck_ranks(run_dir, world_size, grace_s)

@@ -24,6 +24,7 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PARALLEL_FROM_RUNS = 200  # fewer run directories are read sooner in this process than a pool of readers starts
 MAX_READERS = 8
 
+
 class ReportError(HpcbenchError):
     """Nothing to report on."""
 
