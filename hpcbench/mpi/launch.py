@@ -166,7 +166,9 @@ def launch_ranks(run: RunConfig, out_dir: Path) -> None:
     command = mpi_command(run, worker_command(out_dir))
     log.info("starting %d MPI ranks: %s", run.mode.ranks, " ".join(command))
     launcher = run_ranks(command, out_dir, run.mode.ranks, collective_timeout(run) + STUCK_RANK_GRACE_S)
-    if launcher.status != 0:
+    # A rank's failure record fails the run whatever the launcher's status: MPICH's mpiexec, its
+    # ranks ended by a second SIGINT, now and then exits 0 (its proxy asserts on a closed socket).
+    if launcher.status != 0 or read_failures(out_dir):
         summary = read_summary(out_dir)
         if summary.get("status") == "completed" and not read_failures(out_dir):
             # Every rank got through the last collective and rank 0 wrote the result: what failed
